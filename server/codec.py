@@ -1,0 +1,186 @@
+"""The one image codec: encoded bytes <-> RGB arrays.
+
+Shared by the server, training (style and content images), export (parity
+images) and the tests, so that every path treats orientation, alpha, palettes,
+grey levels and bit depth the same way. Torch-free on purpose: the API process
+imports it.
+
+Only PNG, JPEG and WebP are opened (Pillow is told so, so no other decoder ever
+sees caller bytes), and the declared size is checked against a pixel limit
+before any pixel is decoded, so a decompression bomb costs a header read.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+
+# Pillow's own bomb check would raise (or warn) at its fixed limit; ours is the
+# configurable `max_pixels`, so Pillow's is switched off.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image this service accepts; the message says why."""
+
+
+class ImageTooLarge(ImageDecodeError):
+    """The image declares more pixels than the configured limit."""
+
+
+class OutputFormat(Enum):
+    PNG = "png"
+    JPEG = "jpeg"
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    rgb: np.ndarray  # (H, W, 3) uint8
+    alpha: np.ndarray | None  # (H, W) uint8, or None when the image is opaque
+    source_format: str  # "PNG" | "JPEG" | "WEBP"
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+
+def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage:
+    """Decode PNG, JPEG or WebP bytes to 8-bit RGB (+ alpha), EXIF orientation applied.
+
+    `what` names the image in error messages ("content image", "style image 2").
+    """
+    if not data:
+        raise ImageDecodeError(f"{what} is empty: send the bytes of a PNG, JPEG or WebP file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{what} is not a PNG, JPEG or WebP file (the first bytes match none of them)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError(f"{what} has a corrupt header: {exc}") from None
+
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"{what} declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"{what} is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels. "
+            "Send a smaller image (resizing on the client also saves upload time)."
+        )
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise ImageDecodeError(f"{what} is animated ({frames} frames); send a single still frame")
+    source_format = str(image.format)
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"{what} could not be decoded ({exc}); is the file truncated?") from None
+    rgb, alpha = _to_rgb8(image, what)
+    return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format)
+
+
+def _to_rgb8(image: Image.Image, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any mode Pillow gives for PNG/JPEG/WebP -> (H, W, 3) uint8 and optional alpha."""
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode == "PA":
+        image = image.convert("RGBA")
+    elif mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey: scale to 8 bits rather than clip (Pillow's convert("L") clips).
+        grey = np.asarray(image, dtype=np.float64)
+        grey8 = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey8[..., None], 3, axis=2), None
+    elif mode == "F":
+        raise ImageDecodeError(f"{what} holds floating-point samples; send 8- or 16-bit PNG")
+    elif mode in ("1", "L"):
+        image = image.convert("RGB")
+    elif mode == "LA":
+        image = image.convert("RGBA")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    elif mode in ("RGBa", "La"):
+        image = image.convert("RGBA")
+
+    if image.mode == "RGBA":
+        array = np.asarray(image)
+        alpha = np.ascontiguousarray(array[..., 3])
+        # An all-opaque alpha channel carries nothing: drop it.
+        return np.ascontiguousarray(array[..., :3]), None if alpha.min() == 255 else alpha
+    if image.mode != "RGB":
+        raise ImageDecodeError(f"{what} has an unsupported pixel mode {image.mode!r}")
+    return np.ascontiguousarray(np.asarray(image)), None
+
+
+def encode_image(
+    rgb: np.ndarray,
+    alpha: np.ndarray | None = None,
+    fmt: OutputFormat = OutputFormat.PNG,
+    *,
+    jpeg_quality: int = 90,
+    png_compress_level: int = 1,
+) -> bytes:
+    """(H, W, 3) uint8 (+ alpha) -> PNG or JPEG bytes. JPEG drops the alpha channel.
+
+    PNG compress level 1 rather than Pillow's 6: the size grows little for
+    photographs and encoding is several times faster (bench/codec.py).
+    """
+    if alpha is not None and fmt is OutputFormat.PNG:
+        image = Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
+    else:
+        image = Image.fromarray(rgb, mode="RGB")
+    buffer = io.BytesIO()
+    if fmt is OutputFormat.JPEG:
+        image.save(buffer, format="JPEG", quality=jpeg_quality)
+    else:
+        image.save(buffer, format="PNG", compress_level=png_compress_level)
+    return buffer.getvalue()
+
+
+def load_image_file(path: str | Path, *, max_pixels: int = 1 << 28) -> DecodedImage:
+    """Decode an image file with the same rules as the service."""
+    return decode_image(Path(path).read_bytes(), max_pixels=max_pixels, what=str(path))
+
+
+def resize_max_side(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink so that the longer side is at most `max_side` (never enlarges)."""
+    height, width = rgb.shape[:2]
+    if max_side <= 0 or max(height, width) <= max_side:
+        return rgb
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+
+
+def resize_to(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize an (H, W, C) or (H, W) uint8 array to exactly width x height."""
+    if array.shape[1] == width and array.shape[0] == height:
+        return array
+    return np.asarray(Image.fromarray(array).resize((width, height), Image.Resampling.LANCZOS))
+
+
+def rgb_to_nchw(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1], the input of every exported graph."""
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32) * np.float32(1 / 255)
+
+
+def nchw_to_rgb(image: np.ndarray) -> np.ndarray:
+    """(1, 3, H, W) or (3, H, W) float in [0, 1] -> (H, W, 3) uint8, clipped and rounded."""
+    if image.ndim == 4:
+        image = image[0]
+    scaled = np.clip(image, 0.0, 1.0) * 255.0 + 0.5
+    return np.ascontiguousarray(scaled.astype(np.uint8).transpose(1, 2, 0))

@@ -1,0 +1,140 @@
+"""The model repository: its layout and `model.json`, read by the server and written by export/.
+
+    models/
+      starry_night/
+        model.json        # ModelSpec: family, styles, preset, graphs and their inputs, provenance per version
+        1/model.onnx
+        2/model.onnx      # the newest version is served unless a request names one
+
+A version is a directory named by a positive integer that holds every graph the
+family needs. export/ writes a version into a hidden temporary directory and
+renames it into place, so a reader never sees half a version.
+
+Torch-free: the API process imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPEC_FILE = "model.json"
+FAMILIES = ("per_style", "multi_style", "arbitrary")
+# The graphs each family's version directory must hold.
+FAMILY_GRAPHS = {
+    "per_style": ("model.onnx",),
+    "multi_style": ("model.onnx",),
+    "arbitrary": ("model.onnx", "style_encoder.onnx"),
+}
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+
+
+class RepositoryError(ValueError):
+    """A model directory or its model.json is malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: list[int | str]  # ints are fixed, strings name dynamic axes
+    dtype: str = "float32"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    file: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    sha256: dict[str, str]  # graph file -> SHA-256 of its bytes
+    created_at: str  # ISO 8601, UTC
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    styles: list[str]
+    graphs: list[GraphSpec]
+    preset: str = ""
+    description: str = ""
+    versions: dict[int, VersionInfo] = field(default_factory=dict)
+
+    def loss_weights(self, version: int) -> str:
+        info = self.versions.get(version)
+        return str(info.provenance.get("loss_weights", "")) if info else ""
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["versions"] = {str(k): v for k, v in sorted(data["versions"].items())}
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = SPEC_FILE) -> ModelSpec:
+        try:
+            graphs = [
+                GraphSpec(
+                    file=g["file"],
+                    inputs=[TensorSpec(**t) for t in g["inputs"]],
+                    outputs=[TensorSpec(**t) for t in g["outputs"]],
+                )
+                for g in data["graphs"]
+            ]
+            versions = {int(k): VersionInfo(**v) for k, v in data.get("versions", {}).items()}
+            spec = cls(
+                name=data["name"],
+                family=data["family"],
+                styles=list(data["styles"]),
+                graphs=graphs,
+                preset=data.get("preset", ""),
+                description=data.get("description", ""),
+                versions=versions,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RepositoryError(f"{source}: malformed model spec ({exc!r})") from None
+        if spec.family not in FAMILIES:
+            raise RepositoryError(f"{source}: family {spec.family!r} is not one of {FAMILIES}")
+        return spec
+
+
+def read_spec(model_dir: Path) -> ModelSpec:
+    path = model_dir / SPEC_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RepositoryError(f"{path} is missing") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RepositoryError(f"{path} cannot be read: {exc}") from None
+    spec = ModelSpec.from_dict(data, source=str(path))
+    if spec.name != model_dir.name:
+        raise RepositoryError(f"{path} names the model {spec.name!r}, but its directory is {model_dir.name!r}")
+    return spec
+
+
+def list_versions(model_dir: Path, family: str) -> list[int]:
+    """Complete version directories, ascending: a positive integer name and every graph present."""
+    versions = []
+    for child in model_dir.iterdir():
+        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
+            if all((child / graph).is_file() for graph in FAMILY_GRAPHS[family]):
+                versions.append(int(child.name))
+    return sorted(versions)
+
+
+def model_dirs(root: Path) -> list[Path]:
+    """Model directories under the repository root (those holding a model.json), by name."""
+    if not root.is_dir():
+        raise RepositoryError(f"model repository {root} is not a directory")
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / SPEC_FILE).exists())
+
+
+def version_dir(root: Path, name: str, version: int) -> Path:
+    return root / name / str(version)
