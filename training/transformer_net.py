@@ -1,0 +1,117 @@
+"""The per-style image transformation network of Johnson et al. 2016, with instance norm (Ulyanov et al. 2016).
+
+    image (B, 3, H, W) in [0, 1]
+      -> ConvLayer 9x9 -> ConvLayer 3x3 /2 -> ConvLayer 3x3 /2     (encoder, instance norm + ReLU)
+      -> ResidualBlock x N                                        (at H/4 x W/4)
+      -> UpsampleConvLayer x2 -> ConvLayer 9x9                    (decoder: nearest upsample, then convolve)
+      -> image (B, 3, H, W), not clamped (training sees the raw output; export clamps)
+
+Upsampling then convolving avoids the checkerboard of transposed convolutions
+(Odena et al. 2016). Each upsample goes to the exact size of the matching
+encoder activation, so any H and W work, not only multiples of 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TransformerNetConfig:
+    preset: str = "quality"
+    channels: tuple[int, int, int] = (32, 64, 128)  # encoder widths at H, H/2, H/4
+    residual_blocks: int = 5
+    outer_kernel: int = 9  # first and last convolution (Johnson's 9x9)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> TransformerNetConfig:
+        values = dict(data)
+        values["channels"] = tuple(values["channels"])  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]
+
+
+PRESETS = {
+    # Johnson et al. 2016, supplementary material: 32/64/128 and five residual blocks.
+    "quality": TransformerNetConfig(preset="quality"),
+    # A slimmer network for CPU serving (see the training notes in the README).
+    "fast": TransformerNetConfig(preset="fast", channels=(16, 32, 64), residual_blocks=3),
+}
+
+
+class ConvLayer(nn.Module):
+    """Reflection-padded convolution: no zero border for the network to paint over."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(kernel_size // 2)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pad(x))
+
+
+class ConvNormReLU(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = ConvLayer(in_channels, out_channels, kernel_size, stride)
+        self.norm = nn.InstanceNorm2d(out_channels, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.conv(x)))
+
+
+class ResidualBlock(nn.Module):
+    """conv-norm-ReLU-conv-norm plus the input (He et al. 2016, as Johnson et al. use it)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = ConvLayer(channels, channels, 3)
+        self.norm1 = nn.InstanceNorm2d(channels, affine=True)
+        self.conv2 = ConvLayer(channels, channels, 3)
+        self.norm2 = nn.InstanceNorm2d(channels, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.norm1(self.conv1(x)))
+        return x + self.norm2(self.conv2(h))
+
+
+class UpsampleConvLayer(nn.Module):
+    """Nearest-neighbour upsample to `size`, then ConvNormReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.block = ConvNormReLU(in_channels, out_channels, kernel_size)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self.block(F.interpolate(x, size=size, mode="nearest"))
+
+
+class TransformerNet(nn.Module):
+    def __init__(self, config: TransformerNetConfig = PRESETS["quality"]) -> None:
+        super().__init__()
+        self.config = config
+        c1, c2, c3 = config.channels
+        k = config.outer_kernel
+        self.enc1 = ConvNormReLU(3, c1, k)
+        self.enc2 = ConvNormReLU(c1, c2, 3, stride=2)
+        self.enc3 = ConvNormReLU(c2, c3, 3, stride=2)
+        self.residuals = nn.Sequential(*[ResidualBlock(c3) for _ in range(config.residual_blocks)])
+        self.dec1 = UpsampleConvLayer(c3, c2, 3)
+        self.dec2 = UpsampleConvLayer(c2, c1, 3)
+        self.out = ConvLayer(c1, 3, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h1 = self.enc1(x)  # (B, c1, H, W)
+        h2 = self.enc2(h1)  # (B, c2, ceil(H/2), ceil(W/2))
+        h = self.enc3(h2)  # (B, c3, ~H/4, ~W/4)
+        h = self.residuals(h)
+        h = self.dec1(h, (h2.shape[2], h2.shape[3]))
+        h = self.dec2(h, (x.shape[2], x.shape[3]))
+        return self.out(h)
