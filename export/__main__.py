@@ -1,0 +1,98 @@
+"""Export a training checkpoint to ONNX into the model repository, checked against PyTorch.
+
+    python -m export runs/starry_night/checkpoint.pt --name starry_night --models models
+
+Writes models/<name>/<version>/*.onnx and updates models/<name>/model.json with
+the family, styles, graph inputs and provenance (training command and config,
+loss-network weights, data, code version, parity result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from export.families import plan_export
+from export.model_repo import write_version
+from export.onnx_export import OPSET, PARITY_TOLERANCE, check_parity, export_graph, set_metadata
+from server.repository import ModelSpec
+from training import loop
+
+logger = logging.getLogger("export")
+
+PROVENANCE_KEYS = ("loss_weights", "loss_network", "data", "config", "command", "code_version", "step")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: Path
+    name: str
+    models: Path = Path("models")
+    version: int | None = None
+    description: str = ""
+    tolerance: float = PARITY_TOLERANCE
+
+
+def export_checkpoint(cfg: ExportConfig) -> int:
+    """Export, check parity, write the version; returns the version number."""
+    checkpoint = loop.load_checkpoint(cfg.checkpoint)
+    plan = plan_export(checkpoint)
+    parity: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        files = {}
+        for graph in plan.graphs:
+            path = Path(scratch) / graph.spec.file
+            export_graph(graph.module, graph.inputs, graph.spec.outputs[0].name, path)
+            parity[graph.spec.file] = check_parity(graph.module, path, graph.inputs, tolerance=cfg.tolerance)
+            set_metadata(
+                path,
+                {
+                    "stylize.model": cfg.name,
+                    "stylize.family": plan.family,
+                    "stylize.styles": ",".join(plan.styles),
+                    "stylize.loss_weights": str(checkpoint.get("loss_weights", "")),
+                },
+            )
+            files[graph.spec.file] = path
+        spec = ModelSpec(
+            name=cfg.name,
+            family=plan.family,
+            styles=plan.styles,
+            graphs=[g.spec for g in plan.graphs],
+            preset=plan.preset,
+            description=cfg.description,
+        )
+        provenance = {key: checkpoint[key] for key in PROVENANCE_KEYS if key in checkpoint}
+        provenance["export"] = {
+            "opset": OPSET,
+            "torch": torch.__version__,
+            "parity_max_abs_diff": parity,
+            "command": loop.command_line(),
+            "code_version": loop.code_version(),
+        }
+        version = write_version(cfg.models, spec, files, provenance, cfg.version)
+    logger.info("exported %s as %s version %d (parity %s)", cfg.checkpoint, cfg.name, version, parity)
+    return version
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else "")
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--name", required=True, help="model name in the repository (a-z, 0-9, _ and -)")
+    parser.add_argument("--models", type=Path, default=Path("models"), help="the model repository")
+    parser.add_argument("--version", type=int, default=None, help="default: one past the newest")
+    parser.add_argument("--description", default="")
+    parser.add_argument("--tolerance", type=float, default=PARITY_TOLERANCE, help="max abs difference allowed")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one line per graph rewrite otherwise
+    export_checkpoint(ExportConfig(**vars(args)))
+
+
+if __name__ == "__main__":
+    main()

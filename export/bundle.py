@@ -1,0 +1,125 @@
+"""Rebuild the bundled models: train each recipe with the project's own commands, export it into models/.
+
+    python -m export.bundle                    # every recipe (hours on a CPU; minutes on a GPU)
+    python -m export.bundle --only starry_night --steps 50   # one recipe, shortened, for a try-out
+
+The loss network uses torchvision's ImageNet weights when they can be found by
+the usual rule (a file, the torch hub cache); otherwise the bundle is trained
+with the explicit `random:0` weights, which the log says and every model.json
+records. Each build's steps, wall time and hardware are appended to
+`models/bundle-runs.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from export.__main__ import ExportConfig, export_checkpoint
+from training import train_per_style
+from training.weights import WeightsHashMismatch, WeightsNotFound, resolve_weights
+
+logger = logging.getLogger("export.bundle")
+
+DATA = Path("data")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    family: str
+    description: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+RECIPES = [
+    Recipe(
+        name="starry_night",
+        family="per_style",
+        description="The Starry Night (van Gogh, 1889), Johnson et al. 2016 network, quality preset",
+        args={"style": DATA / "styles" / "starry_night.jpg", "preset": "quality", "steps": 2000, "image_size": 192},
+    ),
+]
+
+
+def choose_loss_weights(arch: str) -> str:
+    """ImageNet weights when present, else the explicit random:0, said out loud."""
+    try:
+        resolve_weights(arch)
+        return "imagenet"
+    except (WeightsNotFound, WeightsHashMismatch) as exc:
+        logger.warning(
+            "no usable ImageNet %s weights (%s); training with the explicit random:0 weights",
+            arch,
+            str(exc).splitlines()[0],
+        )
+        return "random:0"
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def build(recipe: Recipe, runs: Path, models: Path, steps: int | None) -> dict[str, Any]:
+    started = time.monotonic()
+    if recipe.family != "per_style":
+        raise ValueError(f"recipe {recipe.name}: family {recipe.family} has no trainer yet")
+    values: dict[str, Any] = {
+        "content_dir": str(DATA / "content"),
+        "out_dir": str(runs / recipe.name),
+        "loss_weights": choose_loss_weights("vgg16"),
+        **{k: str(v) if isinstance(v, Path) else v for k, v in recipe.args.items()},
+    }
+    if steps is not None:
+        values["steps"] = steps
+    checkpoint = train_per_style.train(train_per_style.PerStyleConfig(**values))
+    trained = time.monotonic() - started
+    version = export_checkpoint(
+        ExportConfig(checkpoint=checkpoint, name=recipe.name, models=models, description=recipe.description)
+    )
+    return {
+        "model": recipe.name,
+        "version": version,
+        "steps": values["steps"],
+        "loss_weights": values["loss_weights"],
+        "train_seconds": round(trained),
+        "hardware": hardware(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else "")
+    parser.add_argument("--only", action="append", default=[], help="recipe name; repeatable")
+    parser.add_argument("--steps", type=int, default=None, help="override every recipe's steps (try-outs)")
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/bundle"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+    unknown = set(args.only) - {r.name for r in RECIPES}
+    if unknown:
+        parser.error(f"unknown recipes {sorted(unknown)}; known: {[r.name for r in RECIPES]}")
+    log_path = args.models / "bundle-runs.json"
+    history = json.loads(log_path.read_text()) if log_path.exists() else []
+    for recipe in RECIPES:
+        if args.only and recipe.name not in args.only:
+            continue
+        record = build(recipe, args.runs, args.models, args.steps)
+        logger.info("built %s", record)
+        history.append(record)
+        log_path.write_text(json.dumps(history, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
