@@ -1,0 +1,113 @@
+"""A small Python client for the Stylize API.
+
+    from client import StylizeClient
+    with StylizeClient("127.0.0.1:50051") as stylize:
+        print([m.name for m in stylize.list_models()])
+        png = stylize.stylize(open("photo.jpg", "rb").read(), model="starry_night").image.data
+
+Errors arrive as grpc.RpcError with the server's status code and message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from stylize.v1 import stylize_pb2 as pb
+from stylize.v1 import stylize_pb2_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+MAX_MESSAGE_BYTES = 64 << 20  # the server's own limit decides; this only must not be lower
+
+
+class StylizeClient:
+    def __init__(
+        self, target: str = DEFAULT_TARGET, *, timeout_s: float | None = 120.0, metadata: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self.metadata = tuple(metadata)
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.stub = stylize_pb2_grpc.StyleTransferStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def __enter__(self) -> StylizeClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def health(self, service: str = "") -> str:
+        """'SERVING', 'NOT_SERVING', ... for the whole server ('') or one service."""
+        response = self.health_stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s, metadata=self.metadata
+        )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    def wait_until_serving(self, timeout_s: float = 60.0) -> None:
+        """Block until the server answers health SERVING; raises grpc.FutureTimeoutError after timeout_s."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+        for update in self.health_stub.Watch(
+            health_pb2.HealthCheckRequest(), timeout=timeout_s, metadata=self.metadata
+        ):
+            if update.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout_s, metadata=self.metadata).models)
+
+    def stylize(
+        self,
+        content: bytes,
+        model: str,
+        *,
+        styles: Mapping[str, float] | None = None,
+        style_images: Sequence[bytes] = (),
+        style_image_weights: Sequence[float] = (),
+        strength: float | None = None,
+        preserve_color: bool = False,
+        max_side: int = 0,
+        version: int = 0,
+        output_format: str = "png",
+        jpeg_quality: int = 0,
+    ) -> pb.StylizeResponse:
+        request = pb.StylizeRequest(
+            model=model,
+            content=pb.Image(data=content),
+            styles=[pb.StyleWeight(style=k, weight=v) for k, v in (styles or {}).items()],
+            style_images=[pb.Image(data=data) for data in style_images],
+            style_image_weights=list(style_image_weights),
+            preserve_color=preserve_color,
+            max_side=max_side,
+            version=version,
+            output_format=pb.OUTPUT_FORMAT_JPEG if output_format.lower() in ("jpg", "jpeg") else pb.OUTPUT_FORMAT_PNG,
+            jpeg_quality=jpeg_quality,
+        )
+        if strength is not None:
+            request.strength = strength
+        return self.stub.Stylize(request, timeout=self.timeout_s, metadata=self.metadata)
+
+    def submit_optimization(self, request: pb.OptimizationRequest) -> pb.Job:
+        return self.stub.SubmitOptimization(request, timeout=self.timeout_s, metadata=self.metadata)
+
+    def watch_job(self, job_id: str, timeout_s: float | None = None) -> grpc.CallIterator[pb.Job]:
+        """The job's updates; the returned call can be cancelled (`.cancel()`)."""
+        return self.stub.WatchJob(pb.JobRef(id=job_id), timeout=timeout_s, metadata=self.metadata)
+
+    def get_job(self, job_id: str) -> pb.Job:
+        return self.stub.GetJob(pb.JobRef(id=job_id), timeout=self.timeout_s, metadata=self.metadata)
+
+    def cancel_job(self, job_id: str) -> pb.Job:
+        return self.stub.CancelJob(pb.JobRef(id=job_id), timeout=self.timeout_s, metadata=self.metadata)

@@ -1,0 +1,1 @@
+"""Gatys optimisation jobs: the queue, the worker processes and the job service the API talks to."""

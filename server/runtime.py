@@ -1,0 +1,106 @@
+"""ONNX Runtime sessions: which execution provider, with which options, and proof that it started.
+
+ONNX Runtime quietly runs on the CPU when the CUDA provider cannot start (no
+driver, no device, a missing cuDNN). Stylize never does: the device is decided
+once at start-up (`resolve_device`), every session is checked after it starts
+(`create_session`), and asking for CUDA where it cannot start is an error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class ProviderUnavailable(RuntimeError):
+    """The requested execution provider cannot start here; the message says why."""
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    device: str = "cpu"  # resolved: "cpu" or "cuda"
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default, one per physical core
+    graph_optimization: str = "all"  # "basic" | "extended" | "all"
+    # CUDA provider options (ignored on CPU).
+    cudnn_conv_algo_search: str = "HEURISTIC"  # EXHAUSTIVE benchmarks every new shape: seconds per new size
+    gpu_mem_limit_bytes: int = 0  # 0: no limit
+    cuda_device_id: int = 0
+
+    @property
+    def provider(self) -> str:
+        return CUDA if self.device == "cuda" else CPU
+
+
+def cuda_device_count() -> tuple[int, str]:
+    """(number of CUDA devices, why none) from the driver API, without importing a framework."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0, "libcuda.so.1 (the NVIDIA driver) cannot be loaded"
+    if libcuda.cuInit(0) != 0:
+        return 0, "cuInit failed: the driver found no usable GPU"
+    count = ctypes.c_int(0)
+    if libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return 0, "the driver reports no CUDA device"
+    return count.value, ""
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' | 'cpu' | 'cuda' -> 'cpu' or 'cuda', logging the choice and its reason."""
+    if requested == "cpu":
+        logger.info("execution provider: %s (asked for)", CPU)
+        return "cpu"
+    count, why_not = cuda_device_count()
+    if CUDA not in ort.get_available_providers():
+        why_not = f"this onnxruntime build has no {CUDA} (install onnxruntime-gpu)"
+        count = 0
+    if count:
+        logger.info("execution provider: %s (%d CUDA device(s))", CUDA, count)
+        return "cuda"
+    if requested == "cuda":
+        raise ProviderUnavailable(f"STYLIZE_DEVICE=cuda, but CUDA cannot start: {why_not}. Use auto or cpu.")
+    logger.info("execution provider: %s (auto: %s)", CPU, why_not)
+    return "cpu"
+
+
+_OPTIMIZATION = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def create_session(path: Path, options: RuntimeOptions) -> ort.InferenceSession:
+    """A session on the resolved provider; raises ProviderUnavailable if ONNX Runtime fell back."""
+    session_options = ort.SessionOptions()
+    session_options.graph_optimization_level = _OPTIMIZATION[options.graph_optimization]
+    session_options.intra_op_num_threads = options.intra_op_threads
+    session_options.log_severity_level = 3  # errors only; fallbacks are caught below
+    providers: list[str | tuple[str, dict[str, str]]]
+    if options.device == "cuda":
+        cuda_options = {
+            "device_id": str(options.cuda_device_id),
+            "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
+            # Grow the arena by what is asked, not by powers of two: varying image
+            # sizes otherwise leave large unused blocks behind.
+            "arena_extend_strategy": "kSameAsRequested",
+        }
+        if options.gpu_mem_limit_bytes:
+            cuda_options["gpu_mem_limit"] = str(options.gpu_mem_limit_bytes)
+        providers = [(CUDA, cuda_options), CPU]
+    else:
+        providers = [CPU]
+    session = ort.InferenceSession(str(path), session_options, providers=providers)
+    active = session.get_providers()
+    if active[0] != options.provider:
+        raise ProviderUnavailable(f"{path}: asked for {options.provider}, ONNX Runtime started {active[0]}")
+    return session

@@ -1,0 +1,74 @@
+"""Request messages -> validated domain tasks. Every field is checked here, with messages that say what to change."""
+
+from __future__ import annotations
+
+import math
+
+from server.codec import OutputFormat
+from server.errors import InvalidRequest
+from server.pipeline import StylizeTask
+from stylize.v1 import stylize_pb2 as pb
+
+MAX_SIDE_LIMIT = 16384
+MAX_STYLE_IMAGES = 8
+MAX_STYLES = 64
+
+OUTPUT_FORMATS = {
+    pb.OUTPUT_FORMAT_UNSPECIFIED: OutputFormat.PNG,
+    pb.OUTPUT_FORMAT_PNG: OutputFormat.PNG,
+    pb.OUTPUT_FORMAT_JPEG: OutputFormat.JPEG,
+}
+
+
+def check_range(name: str, value: float, low: float, high: float) -> float:
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+    return value
+
+
+def stylize_task(request: pb.StylizeRequest) -> StylizeTask:
+    if not request.model:
+        raise InvalidRequest("model is empty: name one of the models that ListModels returns")
+    if not request.content.data:
+        raise InvalidRequest("content.data is empty: send the bytes of a PNG, JPEG or WebP image")
+    strength = check_range("strength", request.strength, 0.0, 1.0) if request.HasField("strength") else 1.0
+    if request.max_side > MAX_SIDE_LIMIT:
+        raise InvalidRequest(f"max_side must be at most {MAX_SIDE_LIMIT} (0 keeps the size), got {request.max_side}")
+    if request.output_format not in OUTPUT_FORMATS:
+        raise InvalidRequest(f"output_format {request.output_format} is unknown; use PNG or JPEG")
+    if request.jpeg_quality > 100:
+        raise InvalidRequest(f"jpeg_quality must be 1..100 (0: 90), got {request.jpeg_quality}")
+    if len(request.styles) > MAX_STYLES:
+        raise InvalidRequest(f"at most {MAX_STYLES} style weights, got {len(request.styles)}")
+    styles: dict[str, float] = {}
+    for item in request.styles:
+        if item.style in styles:
+            raise InvalidRequest(f"style {item.style!r} is given twice")
+        styles[item.style] = check_range(f"weight of style {item.style!r}", item.weight, 0.0, 1e6)
+    if styles and sum(styles.values()) <= 0:
+        raise InvalidRequest("style weights must not all be zero")
+    if len(request.style_images) > MAX_STYLE_IMAGES:
+        raise InvalidRequest(f"at most {MAX_STYLE_IMAGES} style images, got {len(request.style_images)}")
+    weights = tuple(
+        check_range(f"style_image_weights[{i}]", w, 0.0, 1e6) for i, w in enumerate(request.style_image_weights)
+    )
+    if weights and len(weights) != len(request.style_images):
+        raise InvalidRequest(
+            f"style_image_weights has {len(weights)} values for {len(request.style_images)} style images; "
+            "give one per image or none (equal weights)"
+        )
+    if weights and sum(weights) <= 0:
+        raise InvalidRequest("style_image_weights must not all be zero")
+    return StylizeTask(
+        model=request.model,
+        content=request.content.data,
+        version=request.version,
+        styles=styles,
+        style_images=tuple(image.data for image in request.style_images),
+        style_image_weights=weights,
+        strength=strength,
+        preserve_color=request.preserve_color,
+        max_side=request.max_side,
+        output_format=OUTPUT_FORMATS[request.output_format],
+        jpeg_quality=request.jpeg_quality or 90,
+    )
