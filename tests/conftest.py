@@ -1,0 +1,158 @@
+"""Shared fixtures: a tiny exported model repository and a real server subprocess on free ports.
+
+Everything is real: the model is a seeded, untrained per-style network exported
+through export/ (ONNX Runtime checks its parity), and the server is
+`python -m server` in its own process, reached over gRPC on a local port.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTENT_DIR = ROOT / "data" / "content"
+STYLE_DIR = ROOT / "data" / "styles"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", **params: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def photo(width: int = 96, height: int = 64, seed: int = 0) -> np.ndarray:
+    """A smooth, deterministic RGB test image (gradients plus a little noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x / width, y / height, (x + y) / (width + height)], axis=2) * 200
+    image += rng.normal(0, 10, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_checkpoint(path: Path, preset: str = "fast", seed: int = 0, styles: tuple[str, ...] = ("test_style",)) -> Path:
+    """A seeded, untrained per-style network saved as a training checkpoint."""
+    import torch
+
+    from training import loop
+    from training.transformer_net import PRESETS, TransformerNet
+
+    torch.manual_seed(seed)
+    net = TransformerNet(PRESETS[preset])
+    loop.save_checkpoint(
+        path,
+        {
+            "family": "per_style",
+            "styles": list(styles),
+            "model_config": net.config.to_dict(),
+            "model": net.state_dict(),
+            "loss_weights": "random:0",
+            "step": 0,
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.__main__ import ExportConfig, export_checkpoint
+
+    root = tmp_path_factory.mktemp("models")
+    checkpoint = make_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
+    export_checkpoint(ExportConfig(checkpoint=checkpoint, name="tiny", models=root))
+    return root
+
+
+@dataclass
+class RunningServer:
+    target: str
+    metrics_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(models: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None) -> RunningServer:
+    port, metrics_port = free_port(), free_port()
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "STYLIZE_LOCAL_WORKERS": "0", **(env or {})}
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--models",
+            str(models),
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+            *extra,
+        ],
+        cwd=ROOT,
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server = RunningServer(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", process, log_path)
+    wait_serving(server)
+    return server
+
+
+def wait_serving(server: RunningServer, timeout_s: float = 60.0) -> None:
+    from client import StylizeClient
+
+    deadline = time.monotonic() + timeout_s
+    with StylizeClient(server.target, timeout_s=2.0) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+            try:
+                if client.health() == "SERVING":
+                    return
+            except Exception:  # not listening yet
+                time.sleep(0.2)
+    raise TimeoutError(f"server not SERVING after {timeout_s} s:\n{server.log()}")
+
+
+def stop_server(server: RunningServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(model_repo, tmp_path_factory.mktemp("server") / "server.log")
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture()
+def client(server: RunningServer) -> Iterator[object]:
+    from client import StylizeClient
+
+    with StylizeClient(server.target, timeout_s=60.0) as stylize_client:
+        yield stylize_client
