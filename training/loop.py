@@ -1,6 +1,7 @@
-"""What every training command shares: device and precision, checkpoints, loss logs, sample grids.
+"""What every training command shares: the common flags, the loop, checkpoints, loss logs, sample grids.
 
-A checkpoint holds everything needed to rebuild the network without the
+A family's entry point builds its network and loss (`TrainingRun`) and calls
+`fit`. A checkpoint holds everything needed to rebuild the network without the
 training flags (`model_config`), to resume bit for bit (model, optimiser, step;
 batches are a function of seed and step) and to say where the model came from
 (`config`, `loss_weights`, `data`, `code_version`, `command`).
@@ -10,15 +11,24 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
+
+from training.data import ContentImages
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "stylize-checkpoint/1"
 
@@ -111,3 +121,129 @@ def save_sample_grid(path: Path, rows: list[list[torch.Tensor]]) -> None:
             padded[:, : img.shape[1], : img.shape[2]] = img.detach().float().cpu().clamp(0, 1)
             cells.append(padded)
     save_image(make_grid(cells, nrow=len(rows[0]), padding=4, pad_value=1.0), path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Flags every training command takes; each family's config adds its own."""
+
+    content_dir: str = field(metadata={"help": "folder of photos, searched recursively"})
+    out_dir: str = field(default="runs/train", metadata={"help": "checkpoint, loss log and sample grids"})
+    steps: int = field(default=2000, metadata={"help": "optimiser steps in all"})
+    batch_size: int = 4
+    image_size: int = field(default=256, metadata={"help": "side of the square training crops"})
+    lr: float = 1e-3
+    loss_network: str = field(default="vgg16", metadata={"help": "vgg16 or vgg19"})
+    loss_weights: str = field(default="imagenet", metadata={"help": "imagenet, a weights file, or random:SEED"})
+    allow_download: bool = field(default=False, metadata={"help": "allow downloading the ImageNet weights"})
+    pooling: str = field(default="max", metadata={"help": "max or avg pooling in the loss network"})
+    seed: int = 0
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda (CUDA trains in bf16 autocast)"})
+    log_every: int = 10
+    sample_every: int = 200
+    checkpoint_every: int = 200
+    resume: str = field(default="", metadata={"help": "a checkpoint to continue from"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.image_size < 16:
+            raise ValueError("--steps and --batch-size must be positive and --image-size at least 16")
+
+
+@dataclass
+class TrainingRun:
+    """What a family hands to `fit`."""
+
+    family: str
+    net: nn.Module
+    model_config: dict[str, Any]
+    # (content batch (B, 3, S, S) on the device, the step's generator) -> weighted loss terms.
+    loss_terms: Callable[[torch.Tensor, torch.Generator], dict[str, torch.Tensor]]
+    # Rows of images for the sample grid, made with the network in eval mode.
+    samples: Callable[[], list[list[torch.Tensor]]]
+    # Recorded in the checkpoint and, by export, in model.json: styles, loss_weights, loss_network, data.
+    provenance: dict[str, Any]
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """Everything random in a step (crops, style choices) comes from here, so resuming replays it."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def fit(cfg: TrainConfig, run: TrainingRun, device: torch.device) -> Path:
+    """Train `run.net` with Adam until cfg.steps; returns the checkpoint path."""
+    out_dir = Path(cfg.out_dir)
+    checkpoint_path = out_dir / "checkpoint.pt"
+    net = run.net
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
+    step = 0
+    if cfg.resume:
+        checkpoint = load_checkpoint(cfg.resume)
+        if checkpoint.get("family") != run.family or checkpoint["model_config"] != run.model_config:
+            raise ValueError(
+                f"{cfg.resume} holds a {checkpoint.get('family')} network {checkpoint['model_config']}, "
+                f"not the {run.family} network {run.model_config} these flags describe"
+            )
+        net.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step = int(checkpoint["step"])
+        logger.info("resumed from %s at step %d", cfg.resume, step)
+
+    data = ContentImages(cfg.content_dir, cfg.image_size)
+    run.provenance.setdefault("data", {}).update(content_dir=cfg.content_dir, content_images=len(data))
+    columns: list[str] = []
+    log: LossLog | None = None
+
+    def save() -> None:
+        save_checkpoint(
+            checkpoint_path,
+            {
+                **run.provenance,
+                "family": run.family,
+                "model_config": run.model_config,
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "config": asdict(cfg),
+                "command": command_line(),
+                "code_version": code_version(),
+            },
+        )
+
+    net.train()
+    started = time.monotonic()
+    bar = tqdm(total=cfg.steps, initial=step, desc=run.family, unit="step", dynamic_ncols=True)
+    while step < cfg.steps:
+        generator = step_generator(cfg.seed, step)
+        x = data.batch(cfg.batch_size, generator).to(device)  # (B, 3, S, S)
+        with autocast(device):
+            terms = run.loss_terms(x, generator)
+        total = torch.stack([t.float() for t in terms.values()]).sum()
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        step += 1
+
+        values = {name: t.item() for name, t in terms.items()} | {"total": total.item()}
+        if log is None:
+            columns = list(values)
+            log = LossLog(out_dir / "losses.csv", columns, resume=bool(cfg.resume))
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()})
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            log.write(step, time.monotonic() - started, values)
+        if step % cfg.sample_every == 0 or step == cfg.steps:
+            net.eval()
+            with torch.no_grad():
+                save_sample_grid(out_dir / "samples" / f"step_{step:06d}.png", run.samples())
+            net.train()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save()
+    bar.close()
+    if log is not None:
+        log.close()
+    logger.info("done: %d steps in %.0f s, checkpoint %s", step, time.monotonic() - started, checkpoint_path)
+    return checkpoint_path
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

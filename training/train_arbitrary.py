@@ -1,0 +1,118 @@
+"""Train the AdaIN decoder (Huang & Belongie 2017) on folders of photos and paintings.
+
+    python -m training.train_arbitrary --content-dir data/content --style-dir data/styles \\
+        --out-dir runs/adain --loss-weights random:0 --steps 4000
+
+The encoder is VGG-19 up to relu4_1 with the loss network's weights, frozen; the
+decoder learns to invert it. Defaults from the paper: content loss on the AdaIN
+target at relu4_1, style loss on channel mean and standard deviation at relu1_1,
+relu2_1, relu3_1 and relu4_1 weighted 10, Adam at 1e-4, batch 8 of 256 px crops.
+The checkpoint holds the encoder too, so export needs no weights lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from training import loop
+from training.adain import ENCODER_LAYER, STYLE_LAYERS, AdaINConfig, AdaINNet, upsampling_sizes
+from training.config import parse_config
+from training.data import ContentImages, find_images, load_rgb
+from training.losses import adaptive_instance_normalization, calc_mean_std
+from training.vgg import load_vgg
+from training.weights import sha256_file
+
+logger = logging.getLogger("training.arbitrary")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArbitraryConfig(loop.TrainConfig):
+    style_dir: str = field(metadata={"help": "folder of style images (paintings), searched recursively"})
+    out_dir: str = "runs/arbitrary"
+    loss_network: str = field(default="vgg19", metadata={"help": "the encoder: AdaIN uses vgg19"})
+    batch_size: int = 8
+    lr: float = 1e-4
+    style_weight: float = 10.0
+    content_weight: float = 1.0
+    tv_weight: float = 0.0
+    widths: tuple[int, ...] = field(default=(256, 128, 64), metadata={"help": "decoder widths, coarse to fine"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss_network != "vgg19":
+            raise ValueError("AdaIN's encoder is VGG-19 (--loss-network vgg19)")
+        if len(self.widths) != 3:
+            raise ValueError("--widths takes three numbers, e.g. 256,128,64")
+
+
+def train(cfg: ArbitraryConfig) -> Path:
+    device = loop.pick_device(cfg.device)
+    vgg, weights_info = load_vgg(
+        "vgg19", [ENCODER_LAYER], weights=cfg.loss_weights, allow_download=cfg.allow_download, pooling=cfg.pooling
+    )
+    logger.info("encoder vgg19 to %s, weights %s", ENCODER_LAYER, weights_info.tag)
+    torch.manual_seed(cfg.seed)
+    config = AdaINConfig(widths=(cfg.widths[0], cfg.widths[1], cfg.widths[2]), pooling=cfg.pooling)
+    net = AdaINNet(config)
+    net.encoder.load_state_dict(vgg.state_dict())
+    net = net.to(device)
+    encoder = net.encoder
+    styles = ContentImages(cfg.style_dir, cfg.image_size)
+    sample_content = load_rgb(find_images(cfg.content_dir)[0], max_side=cfg.image_size).unsqueeze(0).to(device)
+    sample_style = load_rgb(find_images(cfg.style_dir)[0], max_side=cfg.image_size).unsqueeze(0).to(device)
+
+    def loss_terms(x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        s = styles.batch(x.shape[0], generator).to(device)  # (B, 3, S, S)
+        with torch.no_grad():
+            f = encoder(x, [ENCODER_LAYER])[ENCODER_LAYER]
+            style_features = encoder(s, STYLE_LAYERS)
+            target = adaptive_instance_normalization(f, *calc_mean_std(style_features[ENCODER_LAYER]))
+        g = net.decoder(target, upsampling_sizes(x.shape[2], x.shape[3]))
+        g_features = encoder(g, STYLE_LAYERS)
+        content = F.mse_loss(g_features[ENCODER_LAYER], target)
+        style = torch.zeros((), device=device)
+        for layer in STYLE_LAYERS:
+            g_mean, g_std = calc_mean_std(g_features[layer])
+            s_mean, s_std = calc_mean_std(style_features[layer])
+            style = style + F.mse_loss(g_mean, s_mean) + F.mse_loss(g_std, s_std)
+        tv = (g[:, :, 1:] - g[:, :, :-1]).abs().mean() + (g[:, :, :, 1:] - g[:, :, :, :-1]).abs().mean()
+        return {"content": cfg.content_weight * content, "style": cfg.style_weight * style, "tv": cfg.tv_weight * tv}
+
+    def sample_rows() -> list[list[torch.Tensor]]:
+        stats = net.style_statistics(sample_style)
+        rows = [sample_content[0], sample_style[0]]
+        for strength in (0.0, 0.5, 1.0):
+            rows.append(net(sample_content, stats, torch.full((1, 1), strength, device=device))[0])
+        return [rows]
+
+    run = loop.TrainingRun(
+        family="arbitrary",
+        net=net,
+        model_config=config.to_dict(),
+        loss_terms=loss_terms,
+        samples=sample_rows,
+        provenance={
+            "styles": [],
+            "loss_weights": weights_info.tag,
+            "loss_network": {"arch": "vgg19", **asdict(weights_info)},
+            "data": {
+                "style_dir": cfg.style_dir,
+                "style_images": {str(p): sha256_file(p) for p in find_images(cfg.style_dir)},
+            },
+        },
+    )
+    return loop.fit(cfg, run, device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    loop.setup_logging()
+    train(parse_config(ArbitraryConfig, argv, description=__doc__.split("\n")[0] if __doc__ else ""))
+
+
+if __name__ == "__main__":
+    main()
