@@ -10,6 +10,7 @@ loss-network weights, data, code version, parity result).
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +20,16 @@ import torch
 
 from export.families import plan_export
 from export.model_repo import write_version
-from export.onnx_export import OPSET, PARITY_TOLERANCE, check_parity, export_graph, set_metadata
+from export.onnx_export import (
+    OPSET,
+    PARITY_TOLERANCE,
+    check_parity,
+    export_graph,
+    max_difference,
+    round_weights_to_fp16_,
+    set_metadata,
+    store_weights_fp16,
+)
 from server.repository import ModelSpec
 from training import loop
 
@@ -43,11 +53,23 @@ def export_checkpoint(cfg: ExportConfig) -> int:
     checkpoint = loop.load_checkpoint(cfg.checkpoint)
     plan = plan_export(checkpoint)
     parity: dict[str, float] = {}
+    rounding: dict[str, float] = {}
+    # Graphs that store their weights in fp16 are exported from rounded weights; what the
+    # rounding itself changes is measured against the trained weights first and recorded.
+    references = {g.spec.file: copy.deepcopy(g.module) for g in plan.graphs if g.fp16_storage}
+    for graph in plan.graphs:
+        if graph.fp16_storage:
+            round_weights_to_fp16_(graph.module)
+    for graph in plan.graphs:
+        if graph.fp16_storage:
+            rounding[graph.spec.file] = max_difference(references[graph.spec.file], graph.module, graph.inputs)
     with tempfile.TemporaryDirectory() as scratch:
         files = {}
         for graph in plan.graphs:
             path = Path(scratch) / graph.spec.file
             export_graph(graph.module, graph.inputs, graph.spec.outputs[0].name, path)
+            if graph.fp16_storage:
+                store_weights_fp16(path)
             parity[graph.spec.file] = check_parity(graph.module, path, graph.inputs, tolerance=cfg.tolerance)
             set_metadata(
                 path,
@@ -72,6 +94,7 @@ def export_checkpoint(cfg: ExportConfig) -> int:
             "opset": OPSET,
             "torch": torch.__version__,
             "parity_max_abs_diff": parity,
+            "fp16_weight_storage_max_abs_diff": rounding,
             "command": loop.command_line(),
             "code_version": loop.code_version(),
         }

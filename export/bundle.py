@@ -13,10 +13,12 @@ records. Each build's steps, wall time and hardware are appended to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 
 from export.__main__ import ExportConfig, export_checkpoint
-from training import train_per_style
+from training import loop, train_arbitrary, train_multi_style, train_per_style
 from training.weights import WeightsHashMismatch, WeightsNotFound, resolve_weights
 
 logger = logging.getLogger("export.bundle")
@@ -40,14 +42,70 @@ class Recipe:
     args: dict[str, Any] = field(default_factory=dict)
 
 
+STYLES = DATA / "styles"
+
 RECIPES = [
     Recipe(
         name="starry_night",
         family="per_style",
-        description="The Starry Night (van Gogh, 1889), Johnson et al. 2016 network, quality preset",
-        args={"style": DATA / "styles" / "starry_night.jpg", "preset": "quality", "steps": 2000, "image_size": 192},
+        description="The Starry Night (van Gogh, 1889): Johnson et al. 2016 network, quality preset",
+        args={"style": STYLES / "starry_night.jpg", "preset": "quality", "steps": 2000, "image_size": 192},
+    ),
+    Recipe(
+        name="great_wave",
+        family="per_style",
+        description="The Great Wave off Kanagawa (Hokusai, c. 1831): fast preset for CPU serving",
+        args={"style": STYLES / "great_wave.jpg", "preset": "fast", "steps": 2000, "image_size": 192},
+    ),
+    Recipe(
+        name="the_scream",
+        family="per_style",
+        description="The Scream (Munch, 1893): Johnson et al. 2016 network, quality preset",
+        args={"style": STYLES / "the_scream.jpg", "preset": "quality", "steps": 1500, "image_size": 192},
+    ),
+    Recipe(
+        name="impressionists",
+        family="multi_style",
+        description="Four styles in one network (Dumoulin et al. 2017), blendable: Monet, Seurat, Renoir, Klimt",
+        args={
+            "styles": (
+                STYLES / "impression_sunrise.jpg",
+                STYLES / "la_grande_jatte.jpg",
+                STYLES / "moulin_de_la_galette.jpg",
+                STYLES / "the_kiss.jpg",
+            ),
+            "steps": 2500,
+            "image_size": 160,
+        },
+    ),
+    Recipe(
+        name="adain",
+        family="arbitrary",
+        description="Any style image (Huang & Belongie 2017, AdaIN), decoder at half the paper's widths",
+        args={
+            "style_dir": STYLES,
+            "widths": (128, 64, 32),
+            "steps": 2500,
+            "image_size": 160,
+            "batch_size": 4,
+            "lr": 5e-4,
+        },
     ),
 ]
+
+TRAINERS: dict[str, tuple[type[loop.TrainConfig], Callable[[Any], Path]]] = {
+    "per_style": (train_per_style.PerStyleConfig, train_per_style.train),
+    "multi_style": (train_multi_style.MultiStyleConfig, train_multi_style.train),
+    "arbitrary": (train_arbitrary.ArbitraryConfig, train_arbitrary.train),
+}
+
+
+def as_flag_value(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return tuple(as_flag_value(v) for v in value)
+    return value
 
 
 def choose_loss_weights(arch: str) -> str:
@@ -67,22 +125,25 @@ def choose_loss_weights(arch: str) -> str:
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA)"
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 def build(recipe: Recipe, runs: Path, models: Path, steps: int | None) -> dict[str, Any]:
     started = time.monotonic()
-    if recipe.family != "per_style":
-        raise ValueError(f"recipe {recipe.name}: family {recipe.family} has no trainer yet")
+    config_class, train = TRAINERS[recipe.family]
+    arch = "vgg19" if recipe.family == "arbitrary" else "vgg16"
     values: dict[str, Any] = {
         "content_dir": str(DATA / "content"),
         "out_dir": str(runs / recipe.name),
-        "loss_weights": choose_loss_weights("vgg16"),
-        **{k: str(v) if isinstance(v, Path) else v for k, v in recipe.args.items()},
+        "loss_weights": choose_loss_weights(arch),
+        **{k: as_flag_value(v) for k, v in recipe.args.items()},
     }
     if steps is not None:
         values["steps"] = steps
-    checkpoint = train_per_style.train(train_per_style.PerStyleConfig(**values))
+    checkpoint = train(config_class(**values))
     trained = time.monotonic() - started
     version = export_checkpoint(
         ExportConfig(checkpoint=checkpoint, name=recipe.name, models=models, description=recipe.description)

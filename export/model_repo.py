@@ -18,10 +18,8 @@ from typing import Any
 from server.repository import (
     NAME_PATTERN,
     SPEC_FILE,
-    GraphSpec,
     ModelSpec,
     RepositoryError,
-    TensorSpec,
     VersionInfo,
     list_versions,
     read_spec,
@@ -91,12 +89,3 @@ def _write_atomic(path: Path, text: str) -> None:
     partial = path.with_suffix(".json.partial")
     partial.write_text(text)
     os.replace(partial, path)
-
-
-def graph_spec(file: str, inputs: list[tuple[str, list[int | str], str]], output: str) -> GraphSpec:
-    """Shorthand for a GraphSpec: inputs as (name, shape, description); one image output."""
-    return GraphSpec(
-        file=file,
-        inputs=[TensorSpec(name=n, shape=s, description=d) for n, s, d in inputs],
-        outputs=[TensorSpec(name=output, shape=["batch", 3, "height", "width"], description="RGB in [0, 1]")],
-    )

@@ -135,3 +135,53 @@ def set_metadata(path: Path, metadata: dict[str, str]) -> None:
     for key, value in sorted(metadata.items()):
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
+
+
+def round_weights_to_fp16_(module: nn.Module) -> None:
+    """Round every float parameter and buffer to the nearest fp16 value, in place (kept as fp32)."""
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+
+
+def max_difference(a: nn.Module, b: nn.Module, inputs: Sequence[GraphInput]) -> float:
+    """Worst max-abs difference of two modules' outputs on the parity inputs."""
+    generator = torch.Generator().manual_seed(1)
+    worst = 0.0
+    for batch, height, width in PARITY_SHAPES:
+        tensors = [spec.make(batch, height, width, generator) for spec in inputs]
+        with torch.no_grad():
+            worst = max(worst, float((a(*tensors) - b(*tensors)).abs().max()))
+    return worst
+
+
+def store_weights_fp16(path: Path, min_elements: int = 4096) -> int:
+    """Store large fp32 initializers as fp16, each followed by a Cast back to fp32.
+
+    Halves the file; ONNX Runtime folds the casts when the session starts, so
+    inference still runs in fp32 on exactly the rounded weights. Returns the
+    bytes saved.
+    """
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts = []
+    kept = []
+    saved = 0
+    for initializer in graph.initializer:
+        array = onnx.numpy_helper.to_array(initializer)
+        if initializer.data_type != onnx.TensorProto.FLOAT or array.size < min_elements:
+            kept.append(initializer)
+            continue
+        half = onnx.numpy_helper.from_array(array.astype(np.float16), name=f"{initializer.name}__fp16")
+        kept.append(half)
+        casts.append(onnx.helper.make_node("Cast", [half.name], [initializer.name], to=onnx.TensorProto.FLOAT))
+        saved += array.size * 2
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return saved

@@ -1,0 +1,90 @@
+"""Render the README's pictures from the model repository: every model on the same photos.
+
+    python -m export.gallery                       # docs/gallery.jpg and docs/hero.jpg
+
+Runs the exported ONNX graphs through the server's own pipeline (decode,
+inference, post-processing), so the pictures show what the service returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from server import codec
+from server.pipeline import StylizeTask, run_stylize
+from server.registry import LoadedModel, ModelRegistry
+from server.runtime import RuntimeOptions
+
+logger = logging.getLogger("export.gallery")
+
+PHOTOS = ["data/content/kodim23.png", "data/content/kodim15.png", "data/content/kodim21.png"]
+CELL = 256
+LABEL = 22
+
+
+def stylize_file(model: LoadedModel, path: Path, side: int, **task_options: object) -> Image.Image:
+    task = StylizeTask(model=model.name, content=path.read_bytes(), max_side=side, **task_options)  # type: ignore[arg-type]
+    result = run_stylize(task, model, model.newest, max_pixels=1 << 26, png_compress_level=1)
+    return Image.fromarray(codec.decode_image(result.data, max_pixels=1 << 26).rgb)
+
+
+def style_image_of(model: LoadedModel) -> Image.Image | None:
+    style = Path("data/styles") / f"{model.spec.styles[0]}.jpg" if model.spec.styles else None
+    return Image.open(style).convert("RGB") if style and style.exists() else None
+
+
+def fit(image: Image.Image, side: int = CELL) -> Image.Image:
+    image = image.copy()
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (side, side), "white")
+    canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return canvas
+
+
+def grid(columns: list[tuple[str, list[Image.Image]]]) -> Image.Image:
+    """Columns of equally many cells, each with a label on top."""
+    rows = max(len(cells) for _, cells in columns)
+    sheet = Image.new("RGB", (len(columns) * (CELL + 4) + 4, LABEL + rows * (CELL + 4) + 4), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, (label, cells) in enumerate(columns):
+        x = 4 + c * (CELL + 4)
+        draw.text((x + 4, 5), label, fill="black")
+        for r, cell in enumerate(cells):
+            sheet.paste(fit(cell), (x, LABEL + 4 + r * (CELL + 4)))
+    return sheet
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else "")
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--side", type=int, default=512, help="photos are stylised at this longer side")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    registry = ModelRegistry(args.models, RuntimeOptions(device="cpu"))
+    registry.load_all()
+    photos = [Path(p) for p in PHOTOS]
+    columns: list[tuple[str, list[Image.Image]]] = [("photo", [Image.open(p).convert("RGB") for p in photos])]
+    for model in registry.models():
+        if model.spec.family != "per_style":
+            continue  # other families get their own panels
+        columns.append((f"{model.name} ({model.spec.preset})", [stylize_file(model, p, args.side) for p in photos]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    grid(columns).save(args.out / "gallery.jpg", quality=88)
+
+    hero_model = registry.models()[0]
+    style = style_image_of(hero_model)
+    hero_columns = [("photo", [Image.open(photos[0]).convert("RGB")])]
+    if style is not None:
+        hero_columns.append((f"style: {hero_model.spec.styles[0]}", [style]))
+    hero_columns.append((f"Stylize: {hero_model.name}", [stylize_file(hero_model, photos[0], args.side)]))
+    grid(hero_columns).save(args.out / "hero.jpg", quality=88)
+    logger.info("wrote %s and %s", args.out / "gallery.jpg", args.out / "hero.jpg")
+
+
+if __name__ == "__main__":
+    main()
