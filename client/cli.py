@@ -6,8 +6,13 @@
     stylize apply -m starry_night photos/ -o out/ --strength 0.8 --max-side 1024
     stylize apply -m impressionists --style starry_night=0.7 --style great_wave=0.3 photo.jpg
     stylize apply -m adain --style-image painting.jpg photo.jpg
+    stylize optimize photo.jpg --style-image painting.jpg -o result.png --max-side 512 --iterations 500
+    stylize optimize photo.jpg --style-image a.jpg --style-image b.jpg --style-image-weight 0.7 \
+        --style-image-weight 0.3 --schedule 256:300,512:100 --preview-dir previews/ --preserve-color
 
 `--target` (or STYLIZE_TARGET) picks the server, 127.0.0.1:50051 by default.
+`optimize` runs a Gatys job on the server's workers with a progress line on
+stderr; Ctrl-C cancels the job (exit 130).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,6 +118,112 @@ def cmd_apply(client: StylizeClient, args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+INITS = {
+    "content": pb.INITIALIZATION_CONTENT,
+    "noise": pb.INITIALIZATION_NOISE,
+    "style": pb.INITIALIZATION_STYLE,
+    "image": pb.INITIALIZATION_IMAGE,
+}
+OPTIMIZERS = {"lbfgs": pb.OPTIMIZER_LBFGS, "adam": pb.OPTIMIZER_ADAM}
+POOLINGS = {"max": pb.POOLING_MAX, "avg": pb.POOLING_AVERAGE}
+NETWORKS = {"vgg16": pb.LOSS_NETWORK_VGG16, "vgg19": pb.LOSS_NETWORK_VGG19}
+PREVIEW_EVERY = 20  # with --preview-dir and no --preview-every
+
+
+def parse_schedule(text: str) -> list[pb.Stage]:
+    """'256:300,512:100' -> stages of (max_side, iterations)."""
+    stages = []
+    for item in filter(None, text.split(",")):
+        side, sep, iterations = item.partition(":")
+        try:
+            stages.append(pb.Stage(max_side=int(side), iterations=int(iterations)))
+        except ValueError:
+            raise SystemExit(f"stylize: --schedule {text!r}: use SIDE:ITERATIONS,SIDE:ITERATIONS") from None
+        if not sep:
+            raise SystemExit(f"stylize: --schedule {text!r}: use SIDE:ITERATIONS,SIDE:ITERATIONS")
+    return stages
+
+
+def optimization_request(args: argparse.Namespace) -> pb.OptimizationRequest:
+    request = pb.OptimizationRequest(
+        content=pb.Image(data=Path(args.content).read_bytes()),
+        style_images=[pb.Image(data=Path(p).read_bytes()) for p in args.style_image],
+        style_weights=args.style_image_weight,
+        max_side=args.max_side,
+        iterations=args.iterations,
+        content_layers=args.content_layer,
+        style_layers=[pb.LayerWeight(layer=k, weight=v) for k, v in parse_style_weights(args.style_layer).items()],
+        init=INITS[args.init],
+        optimizer=OPTIMIZERS[args.optimizer],
+        pooling=POOLINGS[args.pooling],
+        loss_network=NETWORKS[args.loss_network],
+        preserve_color=args.preserve_color,
+        schedule=parse_schedule(args.schedule),
+        preview_every=args.preview_every or (PREVIEW_EVERY if args.preview_dir else 0),
+        time_budget_seconds=args.time_budget,
+        output_format=pb.OUTPUT_FORMAT_JPEG if args.format == "jpeg" else pb.OUTPUT_FORMAT_PNG,
+    )
+    if args.init_image:
+        request.init_image.data = Path(args.init_image).read_bytes()
+    for name in ("content_weight", "style_weight", "tv_weight", "learning_rate", "style_scale", "seed"):
+        if getattr(args, name) is not None:
+            setattr(request, name, getattr(args, name))
+    return request
+
+
+def progress_line(job: pb.Job, started: float) -> str:
+    width = 24
+    done = int(width * job.iteration / job.iterations) if job.iterations else 0
+    rate = job.iteration / max(time.monotonic() - started, 1e-9)
+    state = pb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+    if job.state == pb.JOB_STATE_QUEUED:
+        return f"queued ({job.queue_position} jobs ahead)"
+    losses = job.losses
+    return (
+        f"[{'#' * done}{'.' * (width - done)}] {job.iteration}/{job.iterations} stage {job.stage} {state} "
+        f"loss {losses.total:.4g} (content {losses.content:.3g}, style {losses.style:.3g}, tv {losses.tv:.3g}) "
+        f"{rate:.2f} it/s"
+    )
+
+
+def cmd_optimize(client: StylizeClient, args: argparse.Namespace) -> int:
+    content = Path(args.content)
+    out = args.out or content.with_name(f"{content.stem}.gatys{'.jpg' if args.format == 'jpeg' else '.png'}")
+    job = client.submit_optimization(optimization_request(args))
+    print(f"job {job.id}", file=sys.stderr)
+    started = time.monotonic()
+    stream = client.watch_job(job.id)
+    # A terminal gets one line redrawn; a log gets a line per tenth of the run.
+    tty, shown = sys.stderr.isatty(), -1
+    try:
+        for job in stream:
+            tenth = 10 * job.iteration // max(job.iterations, 1)
+            if tty or tenth != shown or job.state in (pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED):
+                shown = tenth
+                line = progress_line(job, started)
+                print("\r\033[K" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+            if job.preview.data and args.preview_dir:
+                preview_dir = Path(args.preview_dir)
+                preview_dir.mkdir(parents=True, exist_ok=True)
+                (preview_dir / f"preview_{job.iteration:05d}.png").write_bytes(job.preview.data)
+    except KeyboardInterrupt:
+        stream.cancel()  # type: ignore[no-untyped-call]
+        job = client.cancel_job(job.id)
+        print(f"\nstylize: cancelled job {job.id} at iteration {job.iteration}", file=sys.stderr)
+        return 130
+    if tty:
+        print(file=sys.stderr)
+    if job.state != pb.JOB_STATE_SUCCEEDED:
+        state = pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
+        print(f"stylize: job {job.id} {state}: {job.error}", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(job.result.data)
+    seconds = job.finished_at.ToNanoseconds() / 1e9 - job.started_at.ToNanoseconds() / 1e9
+    print(f"{content} -> {out} ({job.iteration} iterations in {seconds:.1f} s on {job.worker})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylize", description="Stylize API client")
     parser.add_argument("--target", default=os.environ.get("STYLIZE_TARGET", DEFAULT_TARGET), help="host:port")
@@ -139,6 +251,36 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--format", choices=("png", "jpeg"), default="png")
     apply.add_argument("--quality", type=int, default=0, help="JPEG quality 1..100 (0: 90)")
     apply.set_defaults(run=cmd_apply)
+
+    opt = sub.add_parser("optimize", help="a Gatys optimisation on the server's workers (slow, best quality)")
+    opt.add_argument("content", help="the content image")
+    opt.add_argument("--style-image", action="append", required=True, help="a style image, repeatable")
+    opt.add_argument("--style-image-weight", action="append", type=float, default=[], help="one per --style-image")
+    opt.add_argument("-o", "--out", type=Path, default=None, help="the result (default CONTENT.gatys.png)")
+    opt.add_argument("--max-side", type=int, default=0, help="output size (0: the server's default, 512)")
+    opt.add_argument("--iterations", type=int, default=0, help="0: the server's default")
+    opt.add_argument("--schedule", default="", help="multi-resolution: SIDE:ITERATIONS,... (overrides both above)")
+    opt.add_argument("--content-weight", type=float, default=None)
+    opt.add_argument("--style-weight", type=float, default=None)
+    opt.add_argument("--tv-weight", type=float, default=None)
+    opt.add_argument("--content-layer", action="append", default=[], help="e.g. relu4_2, repeatable")
+    opt.add_argument("--style-layer", action="append", default=[], help="NAME or NAME=WEIGHT, repeatable")
+    opt.add_argument("--init", choices=sorted(INITS), default="content")
+    opt.add_argument("--init-image", default="", help="the start for --init image")
+    opt.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="lbfgs")
+    opt.add_argument("--learning-rate", type=float, default=None, help="Adam only")
+    opt.add_argument("--pooling", choices=sorted(POOLINGS), default="max")
+    opt.add_argument("--loss-network", choices=sorted(NETWORKS), default="vgg19")
+    opt.add_argument("--style-scale", type=float, default=None, help="style image size relative to the output")
+    opt.add_argument("--preserve-color", action="store_true", help="luminance-only transfer: keep the colours")
+    opt.add_argument("--seed", type=int, default=None)
+    opt.add_argument(
+        "--preview-every", type=int, default=0, help=f"iterations (default {PREVIEW_EVERY} with --preview-dir)"
+    )
+    opt.add_argument("--preview-dir", default="", help="save previews here")
+    opt.add_argument("--time-budget", type=float, default=0.0, help="seconds (0: the server's limit)")
+    opt.add_argument("--format", choices=("png", "jpeg"), default="png")
+    opt.set_defaults(run=cmd_optimize)
     return parser
 
 

@@ -7,7 +7,18 @@ import sys
 
 from tests.conftest import ROOT
 
-API_MODULES = ["server.main", "server.servicer", "server.registry", "server.pipeline", "server.codec", "client.cli"]
+API_MODULES = [
+    "server.main",
+    "server.servicer",
+    "server.registry",
+    "server.pipeline",
+    "server.codec",
+    "server.jobs.local",
+    "server.jobs.store",
+    "server.jobs.convert",
+    "server.jobs.entry",
+    "client.cli",
+]
 
 
 def test_api_modules_do_not_import_torch() -> None:

@@ -1,0 +1,73 @@
+"""`stylize optimize` end to end against a real server with one worker process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from client import StylizeClient
+from stylize.v1 import stylize_pb2 as pb
+from tests.conftest import ROOT, RunningServer, encode, photo, start_server, stop_server
+
+TINY = ["--max-side", "48", "--content-layer", "relu2_1", "--style-layer", "relu1_1", "--style-layer", "relu2_1"]
+
+
+@pytest.fixture(scope="module")
+def jobs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("cli_jobs")
+    env = {"STYLIZE_LOCAL_WORKERS": "1", "STYLIZE_LOSS_WEIGHTS": "random:0"}
+    server = start_server(root, root / "server.log", env=env)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture()
+def images(tmp_path: Path) -> tuple[Path, Path]:
+    content, style = tmp_path / "photo.png", tmp_path / "style.png"
+    content.write_bytes(encode(photo(48, 32)))
+    style.write_bytes(encode(photo(40, 40, seed=3)))
+    return content, style
+
+
+def cli(server: RunningServer, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STYLIZE_TARGET": server.target}
+    command = [sys.executable, "-m", "client", "optimize", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_optimize_writes_the_result_and_previews(
+    jobs_server: RunningServer, images: tuple[Path, Path], tmp_path: Path
+) -> None:
+    content, style = images
+    args = [str(content), "--style-image", str(style), "-o", str(tmp_path / "out.png"), "--iterations", "6"]
+    process = cli(jobs_server, *args, *TINY, "--preview-every", "3", "--preview-dir", str(tmp_path / "previews"))
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert Image.open(tmp_path / "out.png").size == (48, 32)
+    assert "6/6" in stderr and "loss" in stderr and "style" in stderr
+    assert f"-> {tmp_path / 'out.png'}" in stdout
+    assert list((tmp_path / "previews").glob("preview_*.png"))
+
+
+def test_ctrl_c_cancels_the_job(jobs_server: RunningServer, images: tuple[Path, Path]) -> None:
+    content, style = images
+    process = cli(jobs_server, str(content), "--style-image", str(style), "--iterations", "2000", *TINY)
+    assert process.stderr is not None
+    job_id = process.stderr.readline().split()[-1]  # "job <id>"
+    with StylizeClient(jobs_server.target) as client:
+        deadline = time.monotonic() + 60
+        while client.get_job(job_id).iteration < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, stderr
+        assert f"cancelled job {job_id}" in stderr
+        assert client.get_job(job_id).state == pb.JOB_STATE_CANCELLED
