@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ["bench.codec"]
+BENCHMARKS = ["bench.codec", "bench.gatys"]
 
 
 def main() -> None:

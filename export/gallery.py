@@ -15,9 +15,10 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from server import codec
-from server.pipeline import StylizeTask, run_stylize
+from server.pipeline import Engine, EngineSettings, StylizeTask
 from server.registry import LoadedModel, ModelRegistry
 from server.runtime import RuntimeOptions
+from server.style_cache import StyleStatsCache
 
 logger = logging.getLogger("export.gallery")
 
@@ -26,9 +27,12 @@ CELL = 256
 LABEL = 22
 
 
+ENGINE = Engine(EngineSettings(), StyleStatsCache(64), RuntimeOptions(device="cpu"))
+
+
 def stylize_file(model: LoadedModel, path: Path, side: int, **task_options: object) -> Image.Image:
     task = StylizeTask(model=model.name, content=path.read_bytes(), max_side=side, **task_options)  # type: ignore[arg-type]
-    result = run_stylize(task, model, model.newest, max_pixels=1 << 26, png_compress_level=1)
+    result = ENGINE.run(task, model, model.newest)
     return Image.fromarray(codec.decode_image(result.data, max_pixels=1 << 26).rgb)
 
 

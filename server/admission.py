@@ -45,6 +45,12 @@ class Admission:
         except TimeoutError:
             metrics.REJECTED.labels(reason="deadline").inc()
             raise DeadlineExpired("the call's deadline passed while it waited for an inference slot") from None
+        except asyncio.CancelledError:
+            # gRPC cancels the handler when the caller's deadline passes or the caller goes away;
+            # either way the call leaves before any inference.
+            expired = deadline is not None and time.monotonic() >= deadline - 0.05
+            metrics.REJECTED.labels(reason="deadline" if expired else "cancelled").inc()
+            raise
         finally:
             self._waiting -= 1
             metrics.QUEUED.dec()

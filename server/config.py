@@ -38,7 +38,35 @@ class ServerConfig:
     max_message_bytes: int = _setting(32 << 20, "largest request or response message")
     max_pixels: int = _setting(16_777_216, "largest input image in pixels (width x height), checked before decoding")
     png_compress_level: int = _setting(1, "zlib level of PNG responses (0-9; 1 is fast, 6 is Pillow's default)")
-    grace_seconds: float = _setting(10.0, "on SIGTERM, how long in-flight calls may finish")
+    grace_seconds: float = _setting(10.0, "on SIGTERM, how long in-flight calls and running jobs may finish")
+    # Gatys jobs (server/jobs/).
+    max_jobs_queued: int = _setting(16, "Gatys jobs waiting for a worker; more get RESOURCE_EXHAUSTED")
+    job_max_side: int = _setting(1024, "largest output side a job may ask for, in pixels")
+    job_max_iterations: int = _setting(2000, "most iterations a job may ask for, over all its stages")
+    job_time_budget_seconds: float = _setting(1800.0, "longest a job may run; also its budget when it sets none")
+    job_retention_seconds: float = _setting(3600.0, "how long finished jobs (and results) stay readable")
+    job_update_interval_seconds: float = _setting(0.1, "WatchJob sends at most one update per interval (0: every)")
+    worker_start_timeout_seconds: float = _setting(300.0, "how long a worker may take to load its loss network")
+    loss_weights: str = _setting("imagenet", "the workers' VGG weights: imagenet (hub cache), a file, or random:SEED")
+    # The serving engine (server/pipeline.py, registry.py, runtime.py).
+    warmup_sides: tuple[int, ...] = _setting((64, 512), "square sizes each graph runs at before health says SERVING")
+    reload_interval_seconds: float = _setting(10.0, "how often the model repository is rescanned (0: never)")
+    tile_pixels: int = _setting(4_194_304, "pixel budget of one inference; larger images run tiled")
+    tile_halo: int = _setting(128, "overlap of tiles in pixels (a multiple of 8)")
+    style_max_side: int = _setting(512, "arbitrary style: style images are shrunk to this longer side")
+    style_cache_entries: int = _setting(1024, "style statistics kept (4 KB each; 0: no cache)")
+    batch_window_ms: float = _setting(0.0, "dynamic batching: how long a call waits for same-size calls (0: off)")
+    max_batch: int = _setting(8, "dynamic batching: most images in one batch")
+    graph_optimization: str = _setting("all", "ONNX Runtime graph optimisation: basic | extended | all")
+    cudnn_conv_algo_search: str = _setting("HEURISTIC", "CUDA: HEURISTIC | EXHAUSTIVE | DEFAULT")
+    gpu_mem_limit_bytes: int = _setting(0, "CUDA: ONNX Runtime's arena limit per session (0: none)")
+    # Access (server/auth.py).
+    tls_cert: str = _setting("", "PEM certificate chain for the gRPC port; with tls_key, TLS is on")
+    tls_key: str = _setting("", "PEM private key for the gRPC port")
+    tls_client_ca: str = _setting("", "PEM CA bundle: with it, callers must present a certificate it signed (mTLS)")
+    tokens_file: str = _setting("", "a file of bearer tokens, one per line; calls must send one (health is open)")
+    tokens: str = _setting("", "bearer tokens, comma-separated (prefer tokens_file: the environment leaks)")
+    allow_insecure: bool = _setting(False, "allow a non-loopback host without TLS or tokens")
     log_level: str = _setting("INFO", "DEBUG | INFO | WARNING | ERROR")
 
     def __post_init__(self) -> None:
@@ -49,13 +77,38 @@ class ServerConfig:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be in 0..65535")
-        for name in ("local_workers", "intra_op_threads", "max_queue"):
+        for name in (
+            "local_workers",
+            "intra_op_threads",
+            "max_queue",
+            "max_jobs_queued",
+            "job_update_interval_seconds",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.max_concurrent < 1 or self.max_pixels < 1 or self.max_message_bytes < 1024:
             raise ValueError("max_concurrent and max_pixels must be positive, max_message_bytes at least 1024")
         if not 0 <= self.png_compress_level <= 9:
             raise ValueError("png_compress_level must be in 0..9")
+        if self.job_max_side < 16 or self.job_max_iterations < 1:
+            raise ValueError("job_max_side must be at least 16 and job_max_iterations at least 1")
+        for name in ("job_time_budget_seconds", "job_retention_seconds", "worker_start_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if self.tile_halo % 8 or self.tile_halo < 0 or self.tile_pixels < 64 * 64:
+            raise ValueError("tile_halo must be a non-negative multiple of 8 and tile_pixels at least 4096")
+        if self.graph_optimization not in ("basic", "extended", "all"):
+            raise ValueError("graph_optimization must be basic, extended or all")
+        if self.cudnn_conv_algo_search not in ("HEURISTIC", "EXHAUSTIVE", "DEFAULT"):
+            raise ValueError("cudnn_conv_algo_search must be HEURISTIC, EXHAUSTIVE or DEFAULT")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if any(side < 16 for side in self.warmup_sides) or self.max_batch < 1 or self.batch_window_ms < 0:
+            raise ValueError("warmup_sides must be at least 16, max_batch at least 1, batch_window_ms not negative")
+        if not self.loss_weights:
+            raise ValueError("loss_weights must not be empty: imagenet, a weights file, or random:SEED")
 
 
 def env_name(field_name: str) -> str:
@@ -84,13 +137,24 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
             raw, source = environ[env_name(f.name)], env_name(f.name)
         if raw is None:
             continue
-        kind = hints[f.name]
         try:
-            values[f.name] = kind(raw)
+            values[f.name] = _parse(hints[f.name], raw)
         except ValueError:
-            parser.error(f"{source}={raw!r} is not a valid {kind.__name__}")
+            parser.error(f"{source}={raw!r} is not a valid {hints[f.name]}")
     try:
         return ServerConfig(**values)  # type: ignore[arg-type]
     except ValueError as exc:
         parser.error(str(exc))
         raise  # unreachable
+
+
+def _parse(kind: object, raw: str) -> object:
+    """A flag's or variable's text -> the field's type (bool and tuple of int need care)."""
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+            raise ValueError(raw)
+        return lowered in ("1", "true", "yes", "on")
+    if typing.get_origin(kind) is tuple:
+        return tuple(int(part) for part in raw.split(",") if part.strip())
+    return kind(raw)  # type: ignore[operator]

@@ -4,17 +4,21 @@
     STYLIZE_DEVICE=cuda python -m server  # every flag has a STYLIZE_* variable: python -m server --help
 
 Start-up order matters: workers first (they must not inherit the gRPC server's
-threads), then the models are loaded and warmed, then the port opens, and only
-then does health say SERVING. Shutdown reverses it: NOT_SERVING first, then
-the in-flight calls get `grace_seconds` to finish.
+threads), then the models are loaded and warmed while the workers load their
+loss network, then the port opens, and only then does health say SERVING (the
+job service, "stylize.jobs", once its workers are ready). Shutdown reverses it:
+NOT_SERVING first; queued jobs fail, running ones get `grace_seconds` to finish
+(watchers see their final state); then in-flight calls get `grace_seconds`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,71 +27,195 @@ from prometheus_client import start_http_server
 
 from server import metrics
 from server.admission import Admission
+from server.auth import TokenInterceptor, check_binding, load_tokens, server_credentials
 from server.config import ServerConfig
-from server.registry import ModelRegistry
-from server.runtime import RuntimeOptions, resolve_device
-from server.servicer import StyleTransferServicer
+from server.jobs.local import LocalJobService
+from server.jobs.model import JobLimits
+from server.jobs.service import DisabledJobService, JobService
+from server.pipeline import Engine, EngineSettings
+from server.registry import Changes, ModelRegistry
+from server.runtime import RuntimeOptions, cuda_device_count, resolve_device
+from server.servicer import FAMILIES, StyleTransferServicer
+from server.style_cache import StyleStatsCache
 from stylize.v1 import stylize_pb2, stylize_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = stylize_pb2.DESCRIPTOR.services_by_name["StyleTransfer"].full_name
+JOBS_SERVICE_NAME = "stylize.jobs"  # health of the Gatys job service alone
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def build_registry(config: ServerConfig) -> ModelRegistry:
-    options = RuntimeOptions(device=resolve_device(config.device), intra_op_threads=config.intra_op_threads)
-    registry = ModelRegistry(config.models, options)
-    registry.load_all()
+def build_job_service(config: ServerConfig) -> JobService:
+    """The local worker pool by default; without one, every job call is UNAVAILABLE with the reason."""
+    limits = JobLimits(
+        config.job_max_side, config.job_max_iterations, config.job_time_budget_seconds, config.max_pixels
+    )
+    if config.queue:
+        return DisabledJobService(
+            f"STYLIZE_QUEUE={config.queue} asks for the distributed job queue, which is not built yet; "
+            "unset STYLIZE_QUEUE to run jobs on local workers (STYLIZE_LOCAL_WORKERS)",
+            limits,
+        )
+    if config.local_workers == 0:
+        return DisabledJobService(
+            "this server runs no Gatys job service (STYLIZE_LOCAL_WORKERS=0 and no STYLIZE_QUEUE)", limits
+        )
+    return LocalJobService(config)
+
+
+def runtime_options(config: ServerConfig) -> RuntimeOptions:
+    return RuntimeOptions(
+        device=resolve_device(config.device),
+        intra_op_threads=config.intra_op_threads,
+        graph_optimization=config.graph_optimization,
+        cudnn_conv_algo_search=config.cudnn_conv_algo_search,
+        gpu_mem_limit_bytes=config.gpu_mem_limit_bytes,
+    )
+
+
+def record_models(registry: ModelRegistry, changes: Changes) -> None:
+    """Keep the model metrics in step with what the registry serves."""
+    for name, number in changes.removed:
+        for family in FAMILIES:
+            with contextlib.suppress(KeyError):
+                metrics.MODEL_INFO.remove(name, str(number), family)
+        with contextlib.suppress(KeyError):
+            metrics.MODEL_WARMUP_SECONDS.remove(name, str(number))
+    metrics.MODEL_PROVIDER.clear()
     for model in registry.models():
         for version in model.versions.values():
             metrics.MODEL_INFO.labels(model.name, str(version.version), model.spec.family).set(1)
             metrics.MODEL_WARMUP_SECONDS.labels(model.name, str(version.version)).set(version.warmup_seconds)
         metrics.MODEL_PROVIDER.labels(model.name, model.newest.provider).set(1)
+    metrics.MODEL_LOAD_FAILURES.clear()
     for name in registry.failures:
         metrics.MODEL_LOAD_FAILURES.labels(name).set(1)
-    return registry
 
 
-async def serve(config: ServerConfig) -> None:
-    registry = build_registry(config)
-    executor = ThreadPoolExecutor(max_workers=config.max_concurrent, thread_name_prefix="inference")
-    servicer = StyleTransferServicer(config, registry, Admission(config.max_concurrent, config.max_queue), executor)
+async def watch_repository(registry: ModelRegistry, engine: Engine, interval_s: float) -> None:
+    """Rescan the model repository every interval; new versions are warmed before they are served."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            changes = await loop.run_in_executor(None, registry.refresh)
+        except Exception:  # a bad scan must not end the watching
+            logger.exception("rescanning %s failed", registry.root)
+            continue
+        for name, version in changes.removed:
+            engine.forget(name, version)
+        if changes.added or changes.removed:
+            logger.info("model repository changed: added %s, removed %s", changes.added, changes.removed)
+            record_models(registry, changes)
 
+
+def grpc_server(config: ServerConfig) -> tuple[grpc.aio.Server, int]:
+    """The gRPC server with its limits and access control, bound to its port (not started)."""
+    digests = load_tokens(Path(config.tokens_file) if config.tokens_file else None, config.tokens)
+    tls = bool(config.tls_cert)
+    check_binding(config.host, tls=tls, tokens=bool(digests), allow_insecure=config.allow_insecure)
+    interceptors = [TokenInterceptor(digests, lambda reason: metrics.REJECTED.labels(f"auth_{reason}").inc())]
     server = grpc.aio.server(
+        interceptors=interceptors if digests else None,
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
+    address = f"{config.host}:{config.port}"
+    if tls:
+        credentials = server_credentials(
+            Path(config.tls_cert), Path(config.tls_key), Path(config.tls_client_ca) if config.tls_client_ca else None
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    logger.info(
+        "access: %s, %s",
+        "mutual TLS" if config.tls_client_ca else "TLS" if tls else "plaintext",
+        f"{len(digests)} token(s)" if digests else "no tokens",
+    )
+    return server, port
+
+
+async def serve(config: ServerConfig) -> None:
+    jobs = build_job_service(config)
+    await jobs.start()  # spawns the workers: before any gRPC thread exists
+    options = runtime_options(config)
+    metrics.CUDA_DEVICES.set(cuda_device_count()[0])
+    registry = ModelRegistry(config.models, options, config.warmup_sides)
+    record_models(registry, registry.load_all())
+    engine = Engine(
+        EngineSettings(
+            max_pixels=config.max_pixels,
+            tile_pixels=config.tile_pixels,
+            tile_halo=config.tile_halo,
+            style_max_side=config.style_max_side,
+            png_compress_level=config.png_compress_level,
+            batch_window_ms=config.batch_window_ms,
+            max_batch=config.max_batch,
+        ),
+        StyleStatsCache(config.style_cache_entries),
+        options,
+    )
+    # Batching needs calls in flight together: room for a full batch on top of the configured slots.
+    threads = config.max_concurrent + (config.max_batch if config.batch_window_ms else 0)
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
+    admission = Admission(threads, config.max_queue)
+    servicer = StyleTransferServicer(config, registry, admission, executor, jobs, engine)
+
+    # The workers load their loss network while the models load; the port opens once both are done.
+    if not await jobs.wait_ready(config.worker_start_timeout_seconds):
+        log = logger.info if isinstance(jobs, DisabledJobService) else logger.error
+        log("Gatys jobs unavailable: %s", jobs.unavailable_reason)
+
+    server, port = grpc_server(config)
     stylize_pb2_grpc.add_StyleTransferServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    address = f"{config.host}:{config.port}"
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
     await server.start()
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_host)
         logger.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
 
-    # Health means ready: every model is loaded and warmed.
-    status = health_pb2.HealthCheckResponse.SERVING
-    await health_servicer.set("", status)
-    await health_servicer.set(SERVICE_NAME, status)
-    logger.info("serving on %s:%d (health SERVING)", config.host, port)
-
-    stop = asyncio.Event()
+    # Health means ready: every model is loaded and warmed, and the workers have loaded their loss network.
+    # Jobs have their own name: a server whose workers cannot start still serves Stylize.
+    await health_servicer.set(JOBS_SERVICE_NAME, SERVING if jobs.healthy else NOT_SERVING)
     loop = asyncio.get_running_loop()
+    health_updates: set[asyncio.Task[None]] = set()
+
+    def report_jobs_health(healthy: bool) -> None:
+        task = loop.create_task(health_servicer.set(JOBS_SERVICE_NAME, SERVING if healthy else NOT_SERVING))
+        health_updates.add(task)
+        task.add_done_callback(health_updates.discard)
+
+    jobs.on_health_change = report_jobs_health
+    await health_servicer.set("", SERVING)
+    await health_servicer.set(SERVICE_NAME, SERVING)
+    logger.info("serving on %s:%d (health SERVING; jobs %s)", config.host, port, "on" if jobs.healthy else "off")
+
+    watcher = (
+        loop.create_task(watch_repository(registry, engine, config.reload_interval_seconds))
+        if config.reload_interval_seconds
+        else None
+    )
+    stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
 
     logger.info("shutting down: health NOT_SERVING, %.0f s grace for calls in flight", config.grace_seconds)
     servicer.draining = True
+    if watcher is not None:
+        watcher.cancel()
     await health_servicer.enter_graceful_shutdown()
+    await jobs.stop(config.grace_seconds)
     await server.stop(config.grace_seconds)
     executor.shutdown(wait=True, cancel_futures=True)
     logger.info("stopped")

@@ -7,7 +7,9 @@ bounded labels (method, model, code name; never a request or job id).
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+from server.gpu import GpuMemoryCollector
 
 # Milliseconds for small images on a GPU up to tens of seconds for large ones on a CPU.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -41,3 +43,35 @@ MODEL_WARMUP_SECONDS = Gauge("stylize_model_warmup_seconds", "Warm-up time per m
 MODEL_LOAD_FAILURES = Gauge(
     "stylize_model_load_failed", "Models in the repository that failed to load (value 1)", ["model"]
 )
+
+# Gatys jobs, recorded by the API process from the workers' updates (no multiprocess mode needed).
+# Job durations: seconds for a tiny image on a GPU up to the default 30-minute time budget.
+JOB_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0)
+JOBS_SUBMITTED = Counter("stylize_jobs_submitted", "Gatys jobs accepted")
+JOBS_FINISHED = Counter("stylize_jobs_finished", "Gatys jobs ended, by final state", ["state"])
+JOBS_QUEUED = Gauge("stylize_jobs_queued", "Gatys jobs waiting for a worker")
+JOBS_RUNNING = Gauge("stylize_jobs_running", "Gatys jobs running on a worker")
+JOB_SECONDS = Histogram(
+    "stylize_job_duration_seconds", "Running time of Gatys jobs, start to final state", buckets=JOB_BUCKETS
+)
+# A histogram (one observation per job that ran) rather than a gauge: it aggregates across replicas and
+# shows the spread between small and large jobs; rate(_sum)/rate(_count) is the mean.
+JOB_ITERATIONS_PER_SECOND = Histogram(
+    "stylize_job_iterations_per_second",
+    "Optimisation speed of each finished Gatys job",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0),
+)
+WORKER_RESTARTS = Counter("stylize_worker_restarts", "Gatys worker processes replaced after dying")
+
+# The serving engine.
+STYLE_CACHE = Counter(
+    "stylize_style_cache_requests", "Arbitrary-style statistics looked up in the cache, by result", ["result"]
+)
+TILED = Counter("stylize_tiled_requests", "Stylize calls beyond the pixel budget, run tiled", ["model"])
+BATCH_SIZE = Histogram(
+    "stylize_batch_size", "Images per inference (dynamic batching joins same-size calls)", buckets=(1, 2, 4, 8, 16)
+)
+
+# Hardware.
+CUDA_DEVICES = Gauge("stylize_cuda_devices", "CUDA devices the driver reports (0 without a GPU)")
+REGISTRY.register(GpuMemoryCollector())

@@ -1,21 +1,30 @@
 """One Stylize request, start to end, synchronously: decode, resize, infer, post-process, encode.
 
 Runs on an executor thread (ONNX Runtime and Pillow release the GIL for their
-heavy parts). Family-specific inference is in `run_family`; everything around it
-is shared.
+heavy parts). `Engine.family_inputs` builds what each family's graph takes
+besides the image (a style blend, cached style statistics); everything around
+it is shared: `strength` is a blend with the content (inside the graph for AdaIN,
+which has its own alpha), `preserve_color` a luminance-only transfer, and images
+beyond the pixel budget run tiled (server/tiling.py).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 
-from server import codec, imageops
+from server import codec, imageops, metrics
+from server.batching import Batcher, shape_key, unbatched
 from server.codec import OutputFormat
 from server.errors import InvalidRequest
 from server.registry import LoadedModel, LoadedVersion
+from server.runtime import RuntimeOptions, create_session
+from server.style_cache import StyleStatsCache
+from server.tiling import TiledRunner, stats_graph
 
 MIN_SIDE = 16  # smaller inputs break the 9x9 reflection padding after two stride-2 layers
 
@@ -53,51 +62,161 @@ class StylizeResult:
     timings: Timings
 
 
-def decode_content(task: StylizeTask, max_pixels: int) -> codec.DecodedImage:
-    image = codec.decode_image(task.content, max_pixels=max_pixels, what="content image")
-    return image
+@dataclass(frozen=True)
+class EngineSettings:
+    max_pixels: int = 16_777_216  # hard limit: larger inputs are refused before decoding
+    tile_pixels: int = 4_194_304  # pixel budget of one inference; larger images run tiled
+    tile_halo: int = 128  # overlap of tiles, a multiple of 8: wider than the fast preset's receptive field
+    style_max_side: int = 512  # style images are shrunk to this before their statistics are taken
+    png_compress_level: int = 1
+    batch_window_ms: float = 0.0  # dynamic batching (server/batching.py); 0: off
+    max_batch: int = 8
 
 
-def run_stylize(
-    task: StylizeTask, model: LoadedModel, version: LoadedVersion, *, max_pixels: int, png_compress_level: int
-) -> StylizeResult:
-    timings = Timings()
-    started = time.perf_counter()
-    image = decode_content(task, max_pixels)
-    rgb = codec.resize_max_side(image.rgb, task.max_side)
-    alpha = image.alpha
-    if alpha is not None and rgb.shape[:2] != alpha.shape:
-        alpha = codec.resize_to(alpha, rgb.shape[1], rgb.shape[0])
-    height, width = rgb.shape[:2]
-    if min(height, width) < MIN_SIDE:
-        raise InvalidRequest(
-            f"the content image is {width}x{height} after resizing; both sides must be at least {MIN_SIDE} pixels"
+class Engine:
+    """Runs validated tasks on loaded models; shared by every executor thread."""
+
+    def __init__(self, settings: EngineSettings, style_cache: StyleStatsCache, options: RuntimeOptions) -> None:
+        self.settings = settings
+        self.style_cache = style_cache
+        self.options = options
+        self._tilers: dict[tuple[str, int], TiledRunner] = {}
+        self.batcher = Batcher(settings.batch_window_ms / 1e3, settings.max_batch) if settings.batch_window_ms else None
+        self._tiler_lock = threading.Lock()
+
+    def run(self, task: StylizeTask, model: LoadedModel, version: LoadedVersion) -> StylizeResult:
+        timings = Timings()
+        started = time.perf_counter()
+        image = codec.decode_image(task.content, max_pixels=self.settings.max_pixels, what="content image")
+        rgb = codec.resize_max_side(image.rgb, task.max_side)
+        alpha = image.alpha
+        if alpha is not None and rgb.shape[:2] != alpha.shape:
+            alpha = codec.resize_to(alpha, rgb.shape[1], rgb.shape[0])
+        height, width = rgb.shape[:2]
+        if min(height, width) < MIN_SIDE:
+            raise InvalidRequest(
+                f"the content image is {width}x{height} after resizing; both sides must be at least {MIN_SIDE} pixels"
+            )
+        x = codec.rgb_to_nchw(rgb)  # (1, 3, H, W)
+        extra, strength_in_graph = self.family_inputs(task, model, version)
+        timings.decode_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        y = self.infer(model, version, x, extra)  # (1, 3, H, W) in [0, 1]
+        timings.inference_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        content = x[0].transpose(1, 2, 0)
+        out = y[0].transpose(1, 2, 0)
+        if task.preserve_color:
+            out = imageops.preserve_color(out, content)
+        if not strength_in_graph:
+            out = imageops.blend_strength(out, content, task.strength)
+        data = codec.encode_image(
+            codec.nchw_to_rgb(out.transpose(2, 0, 1)),
+            alpha,
+            task.output_format,
+            jpeg_quality=task.jpeg_quality,
+            png_compress_level=self.settings.png_compress_level,
         )
-    x = codec.rgb_to_nchw(rgb)  # (1, 3, H, W)
-    timings.decode_seconds = time.perf_counter() - started
+        timings.encode_seconds = time.perf_counter() - started
+        return StylizeResult(data=data, width=width, height=height, pixels=width * height, timings=timings)
 
-    started = time.perf_counter()
-    y = run_family(model, version, x)  # (1, 3, H, W) in [0, 1]
-    timings.inference_seconds = time.perf_counter() - started
+    def family_inputs(
+        self, task: StylizeTask, model: LoadedModel, version: LoadedVersion
+    ) -> tuple[dict[str, np.ndarray], bool]:
+        """The graph's inputs besides the image, and whether the graph applies `strength` itself."""
+        family = model.spec.family
+        if family != "arbitrary" and task.style_images:
+            raise InvalidRequest(
+                f"model {model.name!r} is {family.replace('_', '-')}: style images only go to arbitrary-style models"
+            )
+        if family == "per_style":
+            if task.styles and set(task.styles) != set(model.spec.styles):
+                raise InvalidRequest(
+                    f"model {model.name!r} has the one style {model.spec.styles[0]!r}; leave `styles` empty"
+                )
+            return {}, False
+        if family == "multi_style":
+            return {"style_weights": style_weight_vector(model, task.styles)}, False
+        if family == "arbitrary":
+            if task.styles:
+                raise InvalidRequest(f"model {model.name!r} takes style images, not style names")
+            stats = self.style_statistics(task, model, version)
+            return {"style_stats": stats, "strength": np.array([[task.strength]], np.float32)}, True
+        raise InvalidRequest(f"model {model.name!r} has the unknown family {family!r}")
 
-    started = time.perf_counter()
-    content = x[0].transpose(1, 2, 0)
-    out = y[0].transpose(1, 2, 0)
-    if task.preserve_color:
-        out = imageops.preserve_color(out, content)
-    out = imageops.blend_strength(out, content, task.strength)
-    result_rgb = codec.nchw_to_rgb(out.transpose(2, 0, 1))
-    data = codec.encode_image(
-        result_rgb, alpha, task.output_format, jpeg_quality=task.jpeg_quality, png_compress_level=png_compress_level
-    )
-    timings.encode_seconds = time.perf_counter() - started
-    return StylizeResult(data=data, width=width, height=height, pixels=width * height, timings=timings)
+    def style_statistics(self, task: StylizeTask, model: LoadedModel, version: LoadedVersion) -> np.ndarray:
+        """(1, 2, 512): the weighted blend of the style images' cached statistics."""
+        if not task.style_images:
+            raise InvalidRequest(f"model {model.name!r} is arbitrary-style: send at least one style image")
+        weights = np.array(task.style_image_weights or [1.0] * len(task.style_images), dtype=np.float32)
+        weights /= weights.sum()
+        encoder = version.sessions["style_encoder.onnx"]
+        blended = np.zeros((1, 2, 512), dtype=np.float32)
+        for number, (data, weight) in enumerate(zip(task.style_images, weights, strict=True), start=1):
+
+            def compute(data: bytes = data, number: int = number) -> np.ndarray:
+                style = codec.decode_image(data, max_pixels=self.settings.max_pixels, what=f"style image {number}")
+                rgb = codec.resize_max_side(style.rgb, self.settings.style_max_side)
+                if min(rgb.shape[:2]) < MIN_SIDE:
+                    raise InvalidRequest(f"style image {number} must be at least {MIN_SIDE} pixels on each side")
+                return np.asarray(encoder.run(None, {"style": codec.rgb_to_nchw(rgb)})[0])
+
+            stats, hit = self.style_cache.get_or_compute(
+                self.style_cache.key(model.name, version.version, data), compute
+            )
+            metrics.STYLE_CACHE.labels("hit" if hit else "miss").inc()
+            blended += weight * stats
+        return blended
+
+    def infer(
+        self, model: LoadedModel, version: LoadedVersion, x: np.ndarray, extra: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        """The network: whole when the image fits the pixel budget, else tiled with whole-image statistics."""
+        pixels = x.shape[2] * x.shape[3]
+        if pixels <= self.settings.tile_pixels:
+            session = version.sessions["model.onnx"]
+            feeds = {"image": x, **extra}
+            if self.batcher is None:
+                return unbatched(session, feeds)
+            return self.batcher.run(shape_key(model.name, version.version, feeds), session, feeds)
+        metrics.TILED.labels(model.name).inc()
+        return self.tiler(model, version).run(x, extra)
+
+    def tiler(self, model: LoadedModel, version: LoadedVersion) -> TiledRunner:
+        """The tiled runner of a version, built on its first large image (graph surgery and two sessions)."""
+        key = (model.name, version.version)
+        with self._tiler_lock:
+            if key not in self._tilers:
+                graph = onnx.load(str(version.directory / "model.onnx"))
+                self._tilers[key] = TiledRunner(
+                    observe=create_session(stats_graph(graph, "observe").SerializeToString(), self.options),
+                    given=create_session(stats_graph(graph, "given").SerializeToString(), self.options),
+                    image_input="image",
+                    budget_pixels=self.settings.tile_pixels,
+                    halo=self.settings.tile_halo,
+                )
+            return self._tilers[key]
+
+    def forget(self, name: str, version: int) -> None:
+        """Drop a removed version's tiled sessions."""
+        with self._tiler_lock:
+            self._tilers.pop((name, version), None)
 
 
-def run_family(model: LoadedModel, version: LoadedVersion, x: np.ndarray) -> np.ndarray:
-    """The network itself: (1, 3, H, W) float32 -> (1, 3, H, W) float32 in [0, 1]."""
-    family = model.spec.family
-    if family == "per_style":
-        session = version.sessions["model.onnx"]
-        return np.asarray(session.run(None, {"image": x})[0])
-    raise InvalidRequest(f"model {model.name!r} is of family {family!r}, which this server cannot run yet")
+def style_weight_vector(model: LoadedModel, styles: dict[str, float]) -> np.ndarray:
+    """(1, N) blend over the model's styles, summing to 1; no styles: the first one."""
+    names = model.spec.styles
+    unknown = sorted(set(styles) - set(names))
+    if unknown:
+        raise InvalidRequest(
+            f"model {model.name!r} has no style {', '.join(map(repr, unknown))}; its styles are: {', '.join(names)}"
+        )
+    weights = np.zeros((1, len(names)), dtype=np.float32)
+    if not styles:
+        weights[0, 0] = 1.0
+        return weights
+    for name, weight in styles.items():
+        weights[0, names.index(name)] = weight
+    return np.asarray(weights / weights.sum(), dtype=np.float32)

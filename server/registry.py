@@ -1,16 +1,22 @@
-"""The model registry: every model in the repository as warmed ONNX Runtime sessions.
+"""The model registry: every model in the repository as warmed ONNX Runtime sessions, kept in step with it.
 
-A model whose files fail to load is recorded in `failures` (health names it)
-and the others still serve. The newest loaded version is served unless a
-request names one.
+`refresh()` rescans the repository: a new version directory is loaded and
+warmed *before* it becomes visible, a removed one stops being served, and the
+swap is one assignment of an immutable mapping, so a request always holds a
+complete model and none is dropped while versions change. A model or version
+whose files fail to load is recorded in `failures` (health names it) and the
+others still serve. The newest loaded version is served unless a request names
+one.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import onnxruntime as ort
@@ -21,18 +27,17 @@ from server.runtime import ProviderUnavailable, RuntimeOptions, create_session
 
 logger = logging.getLogger(__name__)
 
-WARMUP_SIDE = 64
 
-
-@dataclass
+@dataclass(frozen=True)
 class LoadedVersion:
     version: int
+    directory: Path
     sessions: dict[str, ort.InferenceSession]  # graph file -> session
     provider: str
     warmup_seconds: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
     spec: ModelSpec
     versions: dict[int, LoadedVersion] = field(default_factory=dict)
@@ -46,58 +51,100 @@ class LoadedModel:
         return self.versions[max(self.versions)]
 
 
+@dataclass
+class Changes:
+    added: list[tuple[str, int]] = field(default_factory=list)
+    removed: list[tuple[str, int]] = field(default_factory=list)
+
+
 class ModelRegistry:
-    def __init__(self, root: Path, options: RuntimeOptions) -> None:
+    def __init__(self, root: Path, options: RuntimeOptions, warmup_sides: Sequence[int] = (64,)) -> None:
         self.root = root
         self.options = options
-        self._models: dict[str, LoadedModel] = {}
-        self.failures: dict[str, str] = {}  # model name -> why it is not served
+        self.warmup_sides = tuple(warmup_sides)
+        self._models: MappingProxyType[str, LoadedModel] = MappingProxyType({})
+        self.failures: dict[str, str] = {}  # "model" or "model vN" -> why it is not served
 
-    def load_all(self) -> None:
-        """Load and warm every version of every model; a broken model is skipped and recorded."""
-        for model_dir in model_dirs(self.root):
-            try:
-                model = self._load_model(model_dir)
-            except ProviderUnavailable:
-                raise  # a device problem is the whole server's, not one model's
-            except (RepositoryError, OSError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
-                logger.error("model %s not served: %s", model_dir.name, exc)
-                self.failures[model_dir.name] = str(exc)
-                continue
-            except Exception as exc:  # ONNX Runtime raises several of its own types
-                logger.error("model %s not served: %s: %s", model_dir.name, type(exc).__name__, exc)
-                self.failures[model_dir.name] = f"{type(exc).__name__}: {exc}"
-                continue
-            self._models[model.name] = model
+    def load_all(self) -> Changes:
+        changes = self.refresh()
         logger.info("serving %d model(s): %s", len(self._models), ", ".join(sorted(self._models)) or "none")
+        return changes
 
-    def _load_model(self, model_dir: Path) -> LoadedModel:
-        spec = read_spec(model_dir)
-        versions = list_versions(model_dir, spec.family)
-        if not versions:
-            raise RepositoryError(f"{model_dir} has no complete version directory")
-        model = LoadedModel(spec=spec)
-        for version in versions:
-            model.versions[version] = self._load_version(spec, model_dir / str(version), version)
-        return model
+    def refresh(self) -> Changes:
+        """Bring the served models in step with the repository; returns what changed."""
+        changes = Changes()
+        current = dict(self._models)
+        seen: set[str] = set()
+        for model_dir in model_dirs(self.root):
+            name = model_dir.name
+            seen.add(name)
+            try:
+                spec = read_spec(model_dir)
+                on_disk = list_versions(model_dir, spec.family)
+                if not on_disk:
+                    raise RepositoryError(f"{model_dir} has no complete version directory")
+            except (RepositoryError, OSError) as exc:
+                self._fail(name, str(exc))
+                continue
+            old = current.get(name)
+            versions = {v: lv for v, lv in (old.versions.items() if old else ()) if v in on_disk}
+            for version in on_disk:
+                key = f"{name} v{version}"
+                if version in versions or key in self.failures:
+                    continue  # loaded already, or failed and not retried until the server restarts
+                try:
+                    versions[version] = self._load_version(spec, model_dir / str(version), version)
+                except ProviderUnavailable:
+                    raise  # a device problem is the whole server's, not one model's
+                except Exception as exc:  # ONNX Runtime raises several types of its own
+                    self._fail(key, f"{type(exc).__name__}: {exc}")
+                    continue
+                changes.added.append((name, version))
+            changes.removed += [(name, v) for v in (old.versions if old else ()) if v not in versions]
+            if versions:
+                current[name] = LoadedModel(spec=spec, versions=versions)
+                self.failures.pop(name, None)
+            else:
+                current.pop(name, None)
+                if name not in self.failures:
+                    self._fail(name, "none of its versions could be loaded")
+        for name in set(current) - seen:  # the model's directory is gone
+            changes.removed += [(name, v) for v in current.pop(name).versions]
+        self._models = MappingProxyType(current)  # the swap: one assignment
+        for name, version in changes.removed:
+            logger.info("stopped serving %s v%d (removed from the repository)", name, version)
+        return changes
+
+    def _fail(self, key: str, reason: str) -> None:
+        if self.failures.get(key) != reason:
+            logger.error("model %s not served: %s", key, reason)
+        self.failures[key] = reason
 
     def _load_version(self, spec: ModelSpec, directory: Path, version: int) -> LoadedVersion:
         sessions = {graph: create_session(directory / graph, self.options) for graph in FAMILY_GRAPHS[spec.family]}
         started = time.perf_counter()
-        warm_up(spec, sessions)
+        for side in self.warmup_sides:
+            warm_up(spec, sessions, side)
         loaded = LoadedVersion(
             version=version,
+            directory=directory,
             sessions=sessions,
             provider=self.options.provider,
             warmup_seconds=time.perf_counter() - started,
         )
         logger.info(
-            "loaded %s v%d on %s (warm-up %.0f ms)", spec.name, version, loaded.provider, loaded.warmup_seconds * 1e3
+            "loaded %s v%d on %s (warm-up at %s px: %.0f ms)",
+            spec.name,
+            version,
+            loaded.provider,
+            "/".join(map(str, self.warmup_sides)),
+            loaded.warmup_seconds * 1e3,
         )
         return loaded
 
     def models(self) -> list[LoadedModel]:
-        return [self._models[name] for name in sorted(self._models)]
+        models = self._models
+        return [models[name] for name in sorted(models)]
 
     def get(self, name: str, version: int = 0) -> tuple[LoadedModel, LoadedVersion]:
         """The model and the version to serve (0: newest). Names are looked up, never used as paths."""
@@ -112,12 +159,13 @@ class ModelRegistry:
         return model, model.versions[version]
 
 
-def warm_up(spec: ModelSpec, sessions: dict[str, ort.InferenceSession], side: int = WARMUP_SIDE) -> None:
-    """Run each graph once so the first request does not pay for allocation and kernel selection."""
+def warm_up(spec: ModelSpec, sessions: dict[str, ort.InferenceSession], side: int) -> None:
+    """Run each graph once at side x side so the first request does not pay for allocation and kernel choice."""
     for graph in spec.graphs:
         session = sessions[graph.file]
         feeds = {}
         for tensor in graph.inputs:
             shape = [side if d in ("height", "width") else 1 if isinstance(d, str) else d for d in tensor.shape]
-            feeds[tensor.name] = np.full(shape, 0.5, dtype=np.float32)
+            value = 1.0 / shape[-1] if tensor.name == "style_weights" else 0.5
+            feeds[tensor.name] = np.full(shape, value, dtype=np.float32)
         session.run(None, feeds)

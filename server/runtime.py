@@ -79,8 +79,9 @@ _OPTIMIZATION = {
 }
 
 
-def create_session(path: Path, options: RuntimeOptions) -> ort.InferenceSession:
-    """A session on the resolved provider; raises ProviderUnavailable if ONNX Runtime fell back."""
+def create_session(model: Path | bytes, options: RuntimeOptions) -> ort.InferenceSession:
+    """A session (from a file or serialised graph) on the resolved provider; ProviderUnavailable if ONNX Runtime
+    fell back to another one."""
     session_options = ort.SessionOptions()
     session_options.graph_optimization_level = _OPTIMIZATION[options.graph_optimization]
     session_options.intra_op_num_threads = options.intra_op_threads
@@ -99,8 +100,10 @@ def create_session(path: Path, options: RuntimeOptions) -> ort.InferenceSession:
         providers = [(CUDA, cuda_options), CPU]
     else:
         providers = [CPU]
-    session = ort.InferenceSession(str(path), session_options, providers=providers)
+    source = model if isinstance(model, bytes) else str(model)
+    session = ort.InferenceSession(source, session_options, providers=providers)
     active = session.get_providers()
     if active[0] != options.provider:
-        raise ProviderUnavailable(f"{path}: asked for {options.provider}, ONNX Runtime started {active[0]}")
+        where = "a derived graph" if isinstance(model, bytes) else str(model)
+        raise ProviderUnavailable(f"{where}: asked for {options.provider}, ONNX Runtime started {active[0]}")
     return session

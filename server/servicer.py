@@ -1,12 +1,14 @@
 """The StyleTransfer gRPC servicer: converts messages to domain calls and domain errors to status codes.
 
-Each method runs inside `_call`, which counts it, times it, logs it with a
-request id and maps exceptions through `server.errors.status_for`.
+Each method runs inside `_accounted` (through `_call` for unary methods), which
+counts it, times it, logs it with a request id and maps exceptions through
+`server.errors.status_for`; WatchJob streams inside it too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -21,8 +23,10 @@ import grpc
 from server import metrics, validation
 from server.admission import Admission
 from server.config import ServerConfig
-from server.errors import Draining, ServiceUnavailable, status_for
-from server.pipeline import StylizeResult, run_stylize
+from server.errors import Draining, status_for
+from server.jobs import convert
+from server.jobs.service import JobService
+from server.pipeline import Engine, StylizeResult
 from server.registry import ModelRegistry
 from stylize.v1 import stylize_pb2 as pb
 from stylize.v1 import stylize_pb2_grpc
@@ -49,17 +53,25 @@ class Call:
 
 class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
     def __init__(
-        self, config: ServerConfig, registry: ModelRegistry, admission: Admission, executor: ThreadPoolExecutor
+        self,
+        config: ServerConfig,
+        registry: ModelRegistry,
+        admission: Admission,
+        executor: ThreadPoolExecutor,
+        jobs: JobService,
+        engine: Engine,
     ) -> None:
         self.config = config
+        self.jobs = jobs
+        self.engine = engine
         self.registry = registry
         self.admission = admission
         self.executor = executor
         self.draining = False
 
-    async def _call(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any], handler: Callable[[Call], Awaitable[T]]
-    ) -> T:
+    @contextlib.asynccontextmanager
+    async def _accounted(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Call]:
+        """Count, time and log one call; map its exception to a status (unary and streaming alike)."""
         metadata = dict(context.invocation_metadata() or ())
         call = Call(method=method, request_id=str(metadata.get("x-request-id") or uuid.uuid4().hex[:16]))
         context.set_trailing_metadata((("x-request-id", call.request_id),))
@@ -69,7 +81,7 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
         try:
             if self.draining:
                 raise Draining("the server is shutting down; retry on another replica")
-            return await handler(call)
+            yield call
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -90,6 +102,12 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
             metrics.REQUESTS.labels(method, code.name).inc()
             metrics.REQUEST_SECONDS.labels(method, call.model).observe(elapsed)
             logger.debug("%s [%s] %s in %.1f ms", method, call.request_id, code.name, elapsed * 1e3)
+
+    async def _call(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], handler: Callable[[Call], Awaitable[T]]
+    ) -> T:
+        async with self._accounted(method, context) as call:
+            return await handler(call)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -125,14 +143,7 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             async with self.admission.slot(deadline) as waited:
-                run = functools.partial(
-                    run_stylize,
-                    task,
-                    model,
-                    version,
-                    max_pixels=self.config.max_pixels,
-                    png_compress_level=self.config.png_compress_level,
-                )
+                run = functools.partial(self.engine.run, task, model, version)
                 result: StylizeResult = await asyncio.get_running_loop().run_in_executor(self.executor, run)
             t = result.timings
             for stage, seconds in (
@@ -160,20 +171,31 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
 
         return await self._call("Stylize", context, handle)
 
-    # Gatys jobs: answered by the job service when one is configured (see server/jobs/).
+    # Gatys jobs: the job service runs them (server/jobs/); these only convert.
     async def SubmitOptimization(
         self, request: pb.OptimizationRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Job:
-        return await self._call("SubmitOptimization", context, self._no_jobs)
+        async def handle(call: Call) -> pb.Job:
+            spec = convert.job_spec(request, self.jobs.limits, self.jobs.optimizer_info())
+            record = await self.jobs.submit(spec)
+            logger.info("SubmitOptimization [%s] job %s, %d iterations", call.request_id, record.id, record.iterations)
+            return convert.job_message(record)
+
+        return await self._call("SubmitOptimization", context, handle)
 
     async def GetJob(self, request: pb.JobRef, context: grpc.aio.ServicerContext[Any, Any]) -> pb.Job:
-        return await self._call("GetJob", context, self._no_jobs)
+        async def handle(call: Call) -> pb.Job:
+            return convert.job_message(self.jobs.get(request.id))
+
+        return await self._call("GetJob", context, handle)
 
     async def CancelJob(self, request: pb.JobRef, context: grpc.aio.ServicerContext[Any, Any]) -> pb.Job:
-        return await self._call("CancelJob", context, self._no_jobs)
+        async def handle(call: Call) -> pb.Job:
+            return convert.job_message(await self.jobs.cancel(request.id))
+
+        return await self._call("CancelJob", context, handle)
 
     async def WatchJob(self, request: pb.JobRef, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.Job]:
-        yield await self._call("WatchJob", context, self._no_jobs)
-
-    async def _no_jobs(self, call: Call) -> pb.Job:
-        raise ServiceUnavailable("this server runs no Gatys job service (STYLIZE_LOCAL_WORKERS=0 and no STYLIZE_QUEUE)")
+        async with self._accounted("WatchJob", context):
+            async for record in self.jobs.watch(request.id):
+                yield convert.job_message(record)

@@ -70,13 +70,61 @@ def make_checkpoint(path: Path, preset: str = "fast", seed: int = 0, styles: tup
     return path
 
 
+def make_family_checkpoints(folder: Path) -> dict[str, Path]:
+    """Seeded, untrained multi-style and arbitrary-style checkpoints, tiny, whose styles differ."""
+    import torch
+
+    from training import loop
+    from training.adain import AdaINConfig, AdaINNet
+    from training.conditional_net import ConditionalNetConfig, ConditionalStyleNet
+
+    torch.manual_seed(0)
+    multi = ConditionalStyleNet(ConditionalNetConfig(num_styles=3, channels=(8, 16, 32), residual_blocks=2))
+    adain = AdaINNet(AdaINConfig(widths=(32, 16, 8)))
+    with torch.no_grad():
+        for module in multi.modules():  # untrained styles would be identical: give each its own normalisation
+            if hasattr(module, "gamma"):
+                module.gamma.copy_(1 + 0.5 * torch.randn_like(module.gamma))
+                module.beta.copy_(0.5 * torch.randn_like(module.beta))
+        for module in adain.decoder.modules():  # random VGG features are small: let them through the decoder
+            if isinstance(module, torch.nn.Conv2d):
+                module.bias.zero_()
+                module.weight.mul_(3)
+        adain.decoder.out.conv.bias.fill_(0.5)
+    common = {"loss_weights": "random:0", "step": 0}
+    loop.save_checkpoint(
+        folder / "trio.pt",
+        {
+            "family": "multi_style",
+            "styles": ["wave", "scream", "kiss"],
+            "model_config": multi.config.to_dict(),
+            "model": multi.state_dict(),
+            **common,
+        },
+    )
+    loop.save_checkpoint(
+        folder / "adain.pt",
+        {
+            "family": "arbitrary",
+            "styles": [],
+            "model_config": adain.config.to_dict(),
+            "model": adain.state_dict(),
+            **common,
+        },
+    )
+    return {"trio": folder / "trio.pt", "adain": folder / "adain.pt"}
+
+
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every family, tiny: `tiny` (per-style, fast preset), `trio` (three styles), `adain` (arbitrary)."""
     from export.__main__ import ExportConfig, export_checkpoint
 
     root = tmp_path_factory.mktemp("models")
-    checkpoint = make_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
-    export_checkpoint(ExportConfig(checkpoint=checkpoint, name="tiny", models=root))
+    scratch = tmp_path_factory.mktemp("ckpt")
+    checkpoints = {"tiny": make_checkpoint(scratch / "checkpoint.pt"), **make_family_checkpoints(scratch)}
+    for name, checkpoint in checkpoints.items():
+        export_checkpoint(ExportConfig(checkpoint=checkpoint, name=name, models=root))
     return root
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.losses import adaptive_instance_normalization, calc_mean_std
+from training.losses import calc_mean_std
 from training.transformer_net import ConvLayer
 from training.vgg import VGGFeatures
 
@@ -94,6 +94,9 @@ class AdaINNet(nn.Module):
         self.encoder = VGGFeatures("vgg19", ENCODER_LAYER, config.pooling)
         self.encoder.requires_grad_(False)
         self.decoder = Decoder(config.widths)
+        # AdaIN's content normalisation as a module (not calc_mean_std) so that the exported graph
+        # has an InstanceNormalization node, which server/tiling.py can give whole-image statistics.
+        self.content_norm = nn.InstanceNorm2d(512, affine=False, eps=1e-5)
 
     def style_statistics(self, style: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 2, 512): [mean, std] of relu4_1, the only thing AdaIN needs of a style."""
@@ -103,7 +106,8 @@ class AdaINNet(nn.Module):
     def forward(self, content: torch.Tensor, style_stats: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
         """content (B, 3, H, W) in [0, 1]; style_stats (B, 2, 512); strength (B, 1) in [0, 1]. Not clamped."""
         f = self.encoder(content, [ENCODER_LAYER])[ENCODER_LAYER]  # (B, 512, H/8, W/8)
-        t = adaptive_instance_normalization(f, style_stats[:, 0, :, None, None], style_stats[:, 1, :, None, None])
+        # = adaptive_instance_normalization(f, mean, std): normalise f, then take the style's statistics.
+        t = self.content_norm(f) * style_stats[:, 1, :, None, None] + style_stats[:, 0, :, None, None]
         alpha = strength[:, :, None, None]
         t = alpha * t + (1 - alpha) * f
         return self.decoder(t, upsampling_sizes(content.shape[2], content.shape[3]))

@@ -60,7 +60,7 @@ def test_a_broken_model_is_skipped_and_the_others_serve(model_repo: Path, tmp_pa
         from client import StylizeClient
 
         with StylizeClient(server.target) as client:
-            assert [m.name for m in client.list_models()] == ["tiny"]
+            assert [m.name for m in client.list_models()] == ["adain", "tiny", "trio"]
         assert "model broken not served" in server.log()
     finally:
         server.process.terminate()

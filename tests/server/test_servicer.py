@@ -29,8 +29,15 @@ def assert_still_serving(client: StylizeClient) -> None:
 
 
 def test_list_models_reports_family_styles_versions_and_provider(client: StylizeClient) -> None:
-    (model,) = client.list_models()
-    assert model.name == "tiny"
+    models = {m.name: m for m in client.list_models()}
+    assert sorted(models) == ["adain", "tiny", "trio"]
+    assert models["trio"].family == pb.MODEL_FAMILY_MULTI_STYLE and list(models["trio"].styles) == [
+        "wave",
+        "scream",
+        "kiss",
+    ]
+    assert models["adain"].family == pb.MODEL_FAMILY_ARBITRARY and not models["adain"].styles
+    model = models["tiny"]
     assert model.family == pb.MODEL_FAMILY_PER_STYLE
     assert list(model.styles) == ["test_style"]
     assert list(model.versions) == [1]
@@ -81,7 +88,7 @@ def test_preserve_color_keeps_the_content_chroma(client: StylizeClient) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "code", "message"),
     [
-        ({"model": "no_such_model"}, grpc.StatusCode.NOT_FOUND, "loaded models are: tiny"),
+        ({"model": "no_such_model"}, grpc.StatusCode.NOT_FOUND, "loaded models are: adain, tiny, trio"),
         ({"model": "../../etc/passwd"}, grpc.StatusCode.NOT_FOUND, "no model named"),
         ({"model": ""}, grpc.StatusCode.INVALID_ARGUMENT, "model is empty"),
         ({"version": 7}, grpc.StatusCode.NOT_FOUND, "no version 7"),
