@@ -9,7 +9,9 @@ PROTO := protos/stylize/v1/stylize.proto
 GENERATED := stylize/v1/stylize_pb2.py
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: serve test test-fast test-slow lint format protos models worker bench gallery clean help
+.PHONY: serve test test-fast test-slow fuzz lint format protos models worker bench gallery system-deps clean help
+# Debian packages the tests need: promtool and a real Prometheus server, and redis-server.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 help:
 	@echo "make serve    set up .venv, generate the gRPC code, serve models/ on 127.0.0.1:50051 (metrics :9464)"
@@ -18,6 +20,7 @@ help:
 	@echo "make models   retrain and re-export the bundled models (hours on a CPU)"
 	@echo "make bench    the benchmarks in bench/, results in bench/results/"
 	@echo "make lint     ruff and mypy;  make protos: regenerate stylize/v1 from protos/"
+	@echo "make fuzz     the decoder and request validation under 50,000 generated inputs"
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,11 +43,20 @@ worker: $(GENERATED)
 
 test: lint test-fast
 
-test-fast: $(GENERATED)
+test-fast: $(GENERATED) system-deps
 	$(PY) -m pytest -m "not slow"
 
-test-slow: $(GENERATED)
+test-slow: $(GENERATED) system-deps
 	$(PY) -m pytest -m slow
+
+# The decoder and request validation under many more generated inputs than `make test` runs.
+fuzz: $(GENERATED)
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-50000} $(PY) -m pytest tests/server/test_fuzz.py -p no:cacheprovider
+
+system-deps:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v redis-server >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus redis-server; }
 
 lint: $(GENERATED)
 	$(VENV)/bin/ruff check .

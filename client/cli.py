@@ -67,7 +67,10 @@ def parse_style_weights(items: Sequence[str]) -> dict[str, float]:
 
 
 def cmd_models(client: StylizeClient, args: argparse.Namespace) -> int:
-    for model in client.list_models():
+    response = client.stub.ListModels(pb.ListModelsRequest(), timeout=client.timeout_s, metadata=client.metadata)
+    for failed in response.failed:
+        print(f"{failed.name}: not served: {failed.reason}", file=sys.stderr)
+    for model in response.models:
         family = pb.ModelFamily.Name(model.family).removeprefix("MODEL_FAMILY_").lower()
         versions = ",".join(str(v) for v in model.versions)
         styles = ", ".join(model.styles) or "any style image"
@@ -228,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylize", description="Stylize API client")
     parser.add_argument("--target", default=os.environ.get("STYLIZE_TARGET", DEFAULT_TARGET), help="host:port")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per call")
+    parser.add_argument("--token", default=os.environ.get("STYLIZE_TOKEN"), help="bearer token [STYLIZE_TOKEN]")
+    parser.add_argument("--tls-ca", type=Path, default=None, help="the server's CA certificate (PEM): use TLS")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="client certificate (PEM), for mutual TLS")
+    parser.add_argument("--tls-key", type=Path, default=None, help="client private key (PEM), for mutual TLS")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("models", help="list the served models").set_defaults(run=cmd_models)
@@ -286,7 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with StylizeClient(args.target, timeout_s=args.timeout) as client:
+
+    def read(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path else None
+
+    with StylizeClient(
+        args.target,
+        timeout_s=args.timeout,
+        token=args.token,
+        tls_ca=read(args.tls_ca),
+        tls_cert=read(args.tls_cert),
+        tls_key=read(args.tls_key),
+    ) as client:
         try:
             return int(args.run(client, args))
         except grpc.RpcError as exc:

@@ -25,18 +25,30 @@ MAX_MESSAGE_BYTES = 64 << 20  # the server's own limit decides; this only must n
 
 class StylizeClient:
     def __init__(
-        self, target: str = DEFAULT_TARGET, *, timeout_s: float | None = 120.0, metadata: Sequence[tuple[str, str]] = ()
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout_s: float | None = 120.0,
+        metadata: Sequence[tuple[str, str]] = (),
+        token: str | None = None,
+        tls_ca: bytes | None = None,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
     ) -> None:
+        """`token` is sent as `authorization: Bearer <token>`; `tls_ca` (the server's CA, PEM) turns on
+        TLS, and `tls_cert` with `tls_key` present a client certificate for mutual TLS."""
         self.target = target
         self.timeout_s = timeout_s
-        self.metadata = tuple(metadata)
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self.metadata = tuple(metadata) + ((("authorization", f"Bearer {token}"),) if token else ())
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if tls_ca is not None:
+            credentials = grpc.ssl_channel_credentials(tls_ca, private_key=tls_key, certificate_chain=tls_cert)
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = stylize_pb2_grpc.StyleTransferStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 

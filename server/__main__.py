@@ -7,7 +7,6 @@ import logging
 import sys
 
 from server.config import load_config
-from server.runtime import ProviderUnavailable
 
 
 def main() -> None:
@@ -16,12 +15,16 @@ def main() -> None:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
     )
-    from server.main import serve  # after logging is configured: importing it loads ONNX Runtime
+    # After logging is configured: importing these loads ONNX Runtime.
+    from server.auth import InsecureBinding
+    from server.main import serve
+    from server.runtime import ProviderUnavailable
 
     try:
         asyncio.run(serve(config))
-    except ProviderUnavailable as exc:
-        logging.getLogger("server").error("%s", exc)
+    except (ProviderUnavailable, InsecureBinding, OSError, ValueError) as exc:
+        # Configuration the operator must change: one clear line, no traceback, exit status 2.
+        logging.getLogger("server").error("cannot start: %s", exc)
         sys.exit(2)
 
 

@@ -36,6 +36,7 @@ class ServerConfig:
     max_concurrent: int = _setting(2, "Stylize requests inferring at once")
     max_queue: int = _setting(16, "Stylize requests waiting beyond those; more get RESOURCE_EXHAUSTED")
     max_message_bytes: int = _setting(32 << 20, "largest request or response message")
+    max_rpcs: int = _setting(64, "calls of any kind open at once (streams included); more get RESOURCE_EXHAUSTED")
     max_pixels: int = _setting(16_777_216, "largest input image in pixels (width x height), checked before decoding")
     png_compress_level: int = _setting(1, "zlib level of PNG responses (0-9; 1 is fast, 6 is Pillow's default)")
     grace_seconds: float = _setting(10.0, "on SIGTERM, how long in-flight calls and running jobs may finish")
@@ -86,6 +87,8 @@ class ServerConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.max_rpcs < 4:
+            raise ValueError("max_rpcs must be at least 4 (health checks and watchers count too)")
         if self.max_concurrent < 1 or self.max_pixels < 1 or self.max_message_bytes < 1024:
             raise ValueError("max_concurrent and max_pixels must be positive, max_message_bytes at least 1024")
         if not 0 <= self.png_compress_level <= 9:

@@ -19,6 +19,7 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -94,7 +95,21 @@ def record_models(registry: ModelRegistry, changes: Changes) -> None:
         metrics.MODEL_LOAD_FAILURES.labels(name).set(1)
 
 
-async def watch_repository(registry: ModelRegistry, engine: Engine, interval_s: float) -> None:
+MODEL_HEALTH_PREFIX = "stylize.model."  # health per model: "stylize.model.starry_night"
+
+
+async def report_model_health(health_servicer: Any, registry: ModelRegistry) -> None:
+    """SERVING for each served model, NOT_SERVING for each that failed to load (operators ask health which)."""
+    for model in registry.models():
+        await health_servicer.set(MODEL_HEALTH_PREFIX + model.name, SERVING)
+    served = {model.name for model in registry.models()}
+    for key in registry.failures:
+        name = key.split(" ", 1)[0]
+        if name not in served:
+            await health_servicer.set(MODEL_HEALTH_PREFIX + name, NOT_SERVING)
+
+
+async def watch_repository(registry: ModelRegistry, engine: Engine, interval_s: float, health_servicer: Any) -> None:
     """Rescan the model repository every interval; new versions are warmed before they are served."""
     loop = asyncio.get_running_loop()
     while True:
@@ -109,6 +124,10 @@ async def watch_repository(registry: ModelRegistry, engine: Engine, interval_s: 
         if changes.added or changes.removed:
             logger.info("model repository changed: added %s, removed %s", changes.added, changes.removed)
             record_models(registry, changes)
+            await report_model_health(health_servicer, registry)
+            for name, _ in changes.removed:
+                if name not in {model.name for model in registry.models()} and name not in registry.failures:
+                    await health_servicer.set(MODEL_HEALTH_PREFIX + name, NOT_SERVING)
 
 
 def grpc_server(config: ServerConfig) -> tuple[grpc.aio.Server, int]:
@@ -119,6 +138,8 @@ def grpc_server(config: ServerConfig) -> tuple[grpc.aio.Server, int]:
     interceptors = [TokenInterceptor(digests, lambda reason: metrics.REJECTED.labels(f"auth_{reason}").inc())]
     server = grpc.aio.server(
         interceptors=interceptors if digests else None,
+        # gRPC refuses calls beyond this before reading their messages: what bounds request memory.
+        maximum_concurrent_rpcs=config.max_rpcs,
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -196,12 +217,13 @@ async def serve(config: ServerConfig) -> None:
         task.add_done_callback(health_updates.discard)
 
     jobs.on_health_change = report_jobs_health
+    await report_model_health(health_servicer, registry)
     await health_servicer.set("", SERVING)
     await health_servicer.set(SERVICE_NAME, SERVING)
     logger.info("serving on %s:%d (health SERVING; jobs %s)", config.host, port, "on" if jobs.healthy else "off")
 
     watcher = (
-        loop.create_task(watch_repository(registry, engine, config.reload_interval_seconds))
+        loop.create_task(watch_repository(registry, engine, config.reload_interval_seconds, health_servicer))
         if config.reload_interval_seconds
         else None
     )

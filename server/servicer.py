@@ -128,6 +128,8 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
                         loss_weights=model.spec.loss_weights(newest.version),
                     )
                 )
+            for name, reason in sorted(self.registry.failures.items()):
+                response.failed.append(pb.FailedModel(name=name, reason=reason))
             return response
 
         return await self._call("ListModels", context, handle)

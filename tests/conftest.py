@@ -139,7 +139,14 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(models: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None) -> RunningServer:
+def start_server(
+    models: Path,
+    log_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    tls_ca: Path | None = None,
+    tls_client: tuple[Path, Path] | None = None,
+) -> RunningServer:
     port, metrics_port = free_port(), free_port()
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "STYLIZE_LOCAL_WORKERS": "0", **(env or {})}
     log = log_path.open("wb")
@@ -162,15 +169,25 @@ def start_server(models: Path, log_path: Path, *extra: str, env: dict[str, str] 
         stderr=subprocess.STDOUT,
     )
     server = RunningServer(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", process, log_path)
-    wait_serving(server)
+    wait_serving(server, tls_ca=tls_ca, tls_client=tls_client)
     return server
 
 
-def wait_serving(server: RunningServer, timeout_s: float = 60.0) -> None:
+def wait_serving(
+    server: RunningServer,
+    timeout_s: float = 60.0,
+    tls_ca: Path | None = None,
+    tls_client: tuple[Path, Path] | None = None,
+) -> None:
     from client import StylizeClient
 
     deadline = time.monotonic() + timeout_s
-    with StylizeClient(server.target, timeout_s=2.0) as client:
+    credentials = {
+        "tls_ca": tls_ca.read_bytes() if tls_ca else None,
+        "tls_cert": tls_client[0].read_bytes() if tls_client else None,
+        "tls_key": tls_client[1].read_bytes() if tls_client else None,
+    }
+    with StylizeClient(server.target, timeout_s=2.0, **credentials) as client:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
                 raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from server.runtime import cuda_device_count
+from stylize.v1 import stylize_pb2 as pb
 from tests.conftest import ROOT, free_port, start_server
 
 
@@ -61,7 +62,12 @@ def test_a_broken_model_is_skipped_and_the_others_serve(model_repo: Path, tmp_pa
 
         with StylizeClient(server.target) as client:
             assert [m.name for m in client.list_models()] == ["adain", "tiny", "trio"]
-        assert "model broken not served" in server.log()
+            response = client.stub.ListModels(pb.ListModelsRequest())
+            assert [f.name for f in response.failed] == ["broken", "broken v1"]
+            assert client.health("stylize.model.broken") == "NOT_SERVING"
+            assert client.health("stylize.model.tiny") == "SERVING"
+            assert client.health() == "SERVING", "the others still serve"
+        assert "model broken v1 not served" in server.log()
     finally:
         server.process.terminate()
         server.process.wait(timeout=30)
