@@ -198,6 +198,7 @@ def cmd_optimize(client: StylizeClient, args: argparse.Namespace) -> int:
     stream = client.watch_job(job.id)
     # A terminal gets one line redrawn; a log gets a line per tenth of the run.
     tty, shown = sys.stderr.isatty(), -1
+    previews = True
     try:
         for job in stream:
             tenth = 10 * job.iteration // max(job.iterations, 1)
@@ -205,10 +206,14 @@ def cmd_optimize(client: StylizeClient, args: argparse.Namespace) -> int:
                 shown = tenth
                 line = progress_line(job, started)
                 print("\r\033[K" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-            if job.preview.data and args.preview_dir:
-                preview_dir = Path(args.preview_dir)
-                preview_dir.mkdir(parents=True, exist_ok=True)
-                (preview_dir / f"preview_{job.iteration:05d}.png").write_bytes(job.preview.data)
+            if job.preview.data and args.preview_dir and previews:
+                try:
+                    preview_dir = Path(args.preview_dir)
+                    preview_dir.mkdir(parents=True, exist_ok=True)
+                    (preview_dir / f"preview_{job.iteration:05d}.png").write_bytes(job.preview.data)
+                except OSError as exc:  # a full disk must not stop, or orphan, the job
+                    previews = False
+                    print(f"\nstylize: cannot save previews ({exc}); the job goes on without them", file=sys.stderr)
     except KeyboardInterrupt:
         stream.cancel()  # type: ignore[no-untyped-call]
         job = client.cancel_job(job.id)
@@ -220,8 +225,16 @@ def cmd_optimize(client: StylizeClient, args: argparse.Namespace) -> int:
         state = pb.JobState.Name(job.state).removeprefix("JOB_STATE_")
         print(f"stylize: job {job.id} {state}: {job.error}", file=sys.stderr)
         return 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(job.result.data)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(job.result.data)
+    except OSError as exc:
+        print(
+            f"stylize: job {job.id} succeeded but {out} cannot be written ({exc}); GetJob returns the result "
+            "until the server's retention time passes",
+            file=sys.stderr,
+        )
+        return 1
     seconds = job.finished_at.ToNanoseconds() / 1e9 - job.started_at.ToNanoseconds() / 1e9
     print(f"{content} -> {out} ({job.iteration} iterations in {seconds:.1f} s on {job.worker})")
     return 0

@@ -71,3 +71,28 @@ def test_ctrl_c_cancels_the_job(jobs_server: RunningServer, images: tuple[Path, 
         assert process.returncode == 130, stderr
         assert f"cancelled job {job_id}" in stderr
         assert client.get_job(job_id).state == pb.JOB_STATE_CANCELLED
+
+
+@pytest.fixture()
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 KiB tmpfs, filled: writes fail with ENOSPC (needs mount rights; skipped without them)."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    subprocess.run(["dd", "if=/dev/zero", f"of={mount_point / 'filler'}", "bs=1k", "count=64"], capture_output=True)
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_for_previews_leaves_the_job_running_to_its_result(
+    jobs_server: RunningServer, images: tuple[Path, Path], tmp_path: Path, full_disk: Path
+) -> None:
+    content, style = images
+    args = [str(content), "--style-image", str(style), "-o", str(tmp_path / "out.png"), "--iterations", "6"]
+    process = cli(jobs_server, *args, *TINY, "--preview-every", "2", "--preview-dir", str(full_disk / "previews"))
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "cannot save previews" in stderr and "No space left on device" in stderr
+    assert Image.open(tmp_path / "out.png").size == (48, 32)
