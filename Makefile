@@ -25,7 +25,7 @@ help:
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[serve,torch,dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e '.[serve,torch,queue,dev]' --config-settings editable_mode=compat
 	touch $@
 
 $(GENERATED): $(PROTO) $(INSTALLED)

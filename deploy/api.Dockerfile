@@ -13,7 +13,7 @@ WORKDIR /app
 # Dependencies first, so code changes do not reinstall them.
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))" > /tmp/requirements.txt \
+g = p['optional-dependencies']; print('\n'.join(p['dependencies'] + g['serve'] + g['queue']))" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt grpcio-tools==1.85.1
 
 COPY protos/ protos/

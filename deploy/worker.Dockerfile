@@ -6,7 +6,7 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PYTHONPATH=/app
 WORKDIR /app
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['torch']))" \
+g = p['optional-dependencies']; print('\n'.join(p['dependencies'] + g['torch'] + g['queue']))" \
     > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt grpcio-tools==1.85.1
 

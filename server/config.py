@@ -49,6 +49,13 @@ class ServerConfig:
     job_update_interval_seconds: float = _setting(0.1, "WatchJob sends at most one update per interval (0: every)")
     worker_start_timeout_seconds: float = _setting(300.0, "how long a worker may take to load its loss network")
     loss_weights: str = _setting("imagenet", "the workers' VGG weights: imagenet (hub cache), a file, or random:SEED")
+    # Distributed queue (STYLIZE_QUEUE; server/jobs/distributed.py, queue_worker.py).
+    job_max_attempts: int = _setting(2, "times a job may start: when its worker has died that often, it ends FAILED")
+    queue_visibility_timeout_seconds: float = _setting(
+        3600.0, "a job whose worker vanished (host lost, SIGKILL) is redelivered after this; above the time budget"
+    )
+    worker_metrics_port: int = _setting(9465, "a queue worker's Prometheus /metrics port (0: off)")
+    worker_threads: int = _setting(0, "torch threads of a queue worker's job process (0: every core)")
     # The serving engine (server/pipeline.py, registry.py, runtime.py).
     warmup_sides: tuple[int, ...] = _setting((64, 512), "square sizes each graph runs at before health says SERVING")
     reload_interval_seconds: float = _setting(10.0, "how often the model repository is rescanned (0: never)")
@@ -75,7 +82,7 @@ class ServerConfig:
             raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
         if self.queue and not self.queue.startswith(("redis://", "rediss://")):
             raise ValueError(f"queue must be empty or a redis:// URL, not {self.queue!r}")
-        for name in ("port", "metrics_port"):
+        for name in ("port", "metrics_port", "worker_metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be in 0..65535")
         for name in (
@@ -110,6 +117,11 @@ class ServerConfig:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
         if any(side < 16 for side in self.warmup_sides) or self.max_batch < 1 or self.batch_window_ms < 0:
             raise ValueError("warmup_sides must be at least 16, max_batch at least 1, batch_window_ms not negative")
+        if self.job_max_attempts < 1 or self.worker_threads < 0 or not self.queue_visibility_timeout_seconds > 0:
+            raise ValueError(
+                "job_max_attempts must be at least 1, worker_threads not negative, "
+                "queue_visibility_timeout_seconds positive"
+            )
         if not self.loss_weights:
             raise ValueError("loss_weights must not be empty: imagenet, a weights file, or random:SEED")
 

@@ -9,6 +9,8 @@ loss network, then the port opens, and only then does health say SERVING (the
 job service, "stylize.jobs", once its workers are ready). Shutdown reverses it:
 NOT_SERVING first; queued jobs fail, running ones get `grace_seconds` to finish
 (watchers see their final state); then in-flight calls get `grace_seconds`.
+With STYLIZE_QUEUE the jobs live in Redis and run on their own workers: a
+replica that stops fails none of them (server/jobs/distributed.py).
 """
 
 from __future__ import annotations
@@ -49,16 +51,18 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def build_job_service(config: ServerConfig) -> JobService:
-    """The local worker pool by default; without one, every job call is UNAVAILABLE with the reason."""
+    """The Redis queue with STYLIZE_QUEUE, else the local worker pool; with neither, every job call is UNAVAILABLE."""
     limits = JobLimits(
         config.job_max_side, config.job_max_iterations, config.job_time_budget_seconds, config.max_pixels
     )
     if config.queue:
-        return DisabledJobService(
-            f"STYLIZE_QUEUE={config.queue} asks for the distributed job queue, which is not built yet; "
-            "unset STYLIZE_QUEUE to run jobs on local workers (STYLIZE_LOCAL_WORKERS)",
-            limits,
-        )
+        try:
+            from server.jobs.distributed import RedisJobService  # Celery and Redis: the `queue` extra
+        except ImportError as exc:
+            return DisabledJobService(
+                f"STYLIZE_QUEUE is set but {exc}: install the queue extra (pip install -e '.[queue]')", limits
+            )
+        return RedisJobService(config)
     if config.local_workers == 0:
         return DisabledJobService(
             "this server runs no Gatys job service (STYLIZE_LOCAL_WORKERS=0 and no STYLIZE_QUEUE)", limits

@@ -7,7 +7,7 @@ bounded labels (method, model, code name; never a request or job id).
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from server.gpu import GpuMemoryCollector
 
@@ -75,3 +75,49 @@ BATCH_SIZE = Histogram(
 # Hardware.
 CUDA_DEVICES = Gauge("stylize_cuda_devices", "CUDA devices the driver reports (0 without a GPU)")
 REGISTRY.register(GpuMemoryCollector())
+
+# The job queue, for autoscaling and alerts. Both job services set these; with the distributed queue every
+# API replica reports the same global values (read from Redis every second): aggregate them with max().
+JOBS_OLDEST_QUEUED_SECONDS = Gauge(
+    "stylize_jobs_oldest_queued_seconds", "Age of the oldest Gatys job waiting for a worker (0: none waits)"
+)
+QUEUE_WORKERS = Gauge(
+    "stylize_job_queue_workers", "Gatys workers with a heartbeat on the distributed queue in the last 30 s"
+)
+
+# A queue worker's own /metrics (`make worker`, STYLIZE_WORKER_METRICS_PORT), in a registry of its own: a
+# worker on another host has no API process to report through, and no API replica owns a job, so each job is
+# counted once, by the worker that ended it. The job metrics keep the API's names, so dashboards and alerts
+# read the same series whichever job service runs (the scrape job, stylize-api or stylize-worker, tells apart).
+WORKER_REGISTRY = CollectorRegistry()
+WORKER_JOBS_FINISHED = Counter(
+    "stylize_jobs_finished", "Gatys jobs ended by this worker, by final state", ["state"], registry=WORKER_REGISTRY
+)
+WORKER_JOB_SECONDS = Histogram(
+    "stylize_job_duration_seconds",
+    "Running time of this worker's attempt at each Gatys job, start to final state",
+    buckets=JOB_BUCKETS,
+    registry=WORKER_REGISTRY,
+)
+WORKER_JOB_ITERATIONS_PER_SECOND = Histogram(
+    "stylize_job_iterations_per_second",
+    "Optimisation speed of each Gatys job this worker finished",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0),
+    registry=WORKER_REGISTRY,
+)
+WORKER_BUSY = Gauge("stylize_worker_busy", "1 while this worker runs a job, else 0", registry=WORKER_REGISTRY)
+WORKER_JOB_PROCESS_RESTARTS = Counter(
+    "stylize_worker_restarts", "Job processes of this worker replaced after dying", registry=WORKER_REGISTRY
+)
+WORKER_REQUEUED = Counter(
+    "stylize_worker_jobs_requeued",
+    "Jobs this worker handed back to the queue: worker_died (its job process died), shutdown (SIGTERM)",
+    ["reason"],
+    registry=WORKER_REGISTRY,
+)
+WORKER_DUPLICATES = Counter(
+    "stylize_worker_duplicate_deliveries",
+    "Deliveries of a job another worker still ran: a visibility timeout shorter than the job",
+    registry=WORKER_REGISTRY,
+)
+WORKER_REGISTRY.register(GpuMemoryCollector())

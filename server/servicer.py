@@ -187,7 +187,7 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
 
     async def GetJob(self, request: pb.JobRef, context: grpc.aio.ServicerContext[Any, Any]) -> pb.Job:
         async def handle(call: Call) -> pb.Job:
-            return convert.job_message(self.jobs.get(request.id))
+            return convert.job_message(await self.jobs.get(request.id))
 
         return await self._call("GetJob", context, handle)
 

@@ -17,6 +17,9 @@ API_MODULES = [
     "server.jobs.store",
     "server.jobs.convert",
     "server.jobs.entry",
+    "server.jobs.queue",
+    "server.jobs.distributed",
+    "server.jobs.queue_worker",  # the queue worker's own process: torch only in the job process it spawns
     "client.cli",
 ]
 

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -93,6 +94,7 @@ class LocalJobService(JobService):
         for _ in range(self.config.local_workers):
             self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name="job-supervisor")
+        metrics.JOBS_OLDEST_QUEUED_SECONDS.set_function(self._oldest_queued_seconds)
         logger.info("starting %d Gatys workers (%d threads each)", len(self.workers), self.worker_config.threads)
 
     async def wait_ready(self, timeout_s: float) -> bool:
@@ -121,6 +123,13 @@ class LocalJobService(JobService):
             raise ServiceUnavailable(self.unavailable_reason)
         return self.info
 
+    def _oldest_queued_seconds(self) -> float:
+        """At scrape time, on the metrics thread: the queue's head is the job that has waited longest."""
+        try:
+            return max(0.0, time.time() - self.queue[0].created_at)
+        except IndexError:  # none waits (or the last one just left)
+            return 0.0
+
     # The job API.
 
     async def submit(self, spec: JobSpec) -> JobRecord:
@@ -140,7 +149,7 @@ class LocalJobService(JobService):
         self._dispatch()
         return record.snapshot()
 
-    def get(self, job_id: str) -> JobRecord:
+    async def get(self, job_id: str) -> JobRecord:
         return self.store.get(job_id).snapshot()
 
     def watch(self, job_id: str) -> AsyncIterator[JobRecord]:

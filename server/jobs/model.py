@@ -1,8 +1,8 @@
 """Gatys jobs as plain data: states, the validated spec, the record the API keeps, and the worker messages.
 
 Torch-free and protobuf-free: the API process, the local worker processes and
-(later) the distributed queue's workers all share these types, and everything
-here pickles.
+the distributed queue's workers all share these types, and everything here
+pickles (the distributed queue stores them in Redis as JSON and bytes instead).
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""One worker process as the API process sees it: spawned, joined by a pipe, read by a thread, killed, ended.
+"""One worker process as its parent sees it: spawned, joined by a pipe, read, killed, ended.
 
 The process starts with multiprocessing's *spawn* context: a fresh interpreter,
-so it inherits no gRPC threads and may use CUDA. A duplex pipe joins it to the
-API process; a reader thread hands its messages to the event loop, and the
-pipe's end-of-file says that the process has gone, however it went.
+so it inherits no gRPC threads and may use CUDA. A duplex pipe joins it to its
+parent, and the pipe's end-of-file says that the process has gone, however it
+went. Two parents drive it: the API process's local pool (WorkerProcess: a reader
+thread hands its messages to the event loop) and a distributed-queue worker
+(JobProcess: blocking calls from the one thread that runs the job).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import logging
 import multiprocessing
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 from server.jobs.entry import run_worker
-from server.jobs.model import JobRecord, WorkerConfig
+from server.jobs.model import JobRecord, OptimizerInfo, Ready, StartFailed, Stop, WorkerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +115,77 @@ class WorkerProcess:
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
+
+
+class StartError(Exception):
+    """The job process could not start (missing weights, no CUDA): the message says why."""
+
+
+class JobProcess:
+    """The spawned GatysWorker, driven from this process's thread: send a job, read its messages."""
+
+    def __init__(self, config: WorkerConfig, start_timeout_s: float) -> None:
+        parent, child = SPAWN.Pipe(duplex=True)
+        self.process = SPAWN.Process(target=run_worker, args=(child, config), name="stylize-job-process", daemon=True)
+        self.process.start()
+        child.close()  # only the job process holds its end now: its exit reaches us as end-of-file
+        self.conn = parent
+        self.kill_reason = ""
+        started = time.monotonic()
+        if not self.conn.poll(start_timeout_s):
+            self.kill("did not start in time")
+            raise StartError(
+                f"the job process did not report ready within {start_timeout_s:g} s "
+                "(STYLIZE_WORKER_START_TIMEOUT_SECONDS)"
+            )
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            raise StartError(f"the job process exited while starting ({self.exit_description()})") from None
+        if isinstance(message, StartFailed):
+            self.process.join(5.0)
+            raise StartError(message.error)
+        assert isinstance(message, Ready)
+        self.name = f"{message.host}:{message.pid}"
+        self.info: OptimizerInfo = message.info
+        logger.info(
+            "job process %s ready (%s, loss weights %s) in %.1f s",
+            self.name,
+            message.info.device,
+            message.info.loss_weights,
+            time.monotonic() - started,
+        )
+
+    def receive(self, timeout_s: float) -> object | None:
+        """The next message, or None after the timeout; EOFError once the process has gone."""
+        try:
+            if not self.conn.poll(timeout_s):
+                return None
+            message: object = self.conn.recv()
+            return message
+        except OSError:
+            raise EOFError from None
+
+    def send(self, message: object) -> None:
+        try:
+            self.conn.send(message)
+        except OSError:  # gone: the next receive says so
+            pass
+
+    def kill(self, reason: str) -> None:
+        if not self.kill_reason:
+            self.kill_reason = reason
+            logger.warning("killing job process %s: %s", getattr(self, "name", self.process.pid), reason)
+            self.process.kill()
+
+    def exit_description(self) -> str:
+        self.process.join(10.0)
+        return describe_exit(self.process.exitcode)
+
+    def stop(self) -> None:
+        self.send(Stop())
+        self.process.join(5.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()

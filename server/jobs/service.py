@@ -1,10 +1,11 @@
 """The job service the servicer talks to, whatever runs the jobs.
 
 Two implementations sit behind it: LocalJobService (worker processes on this
-host, server/jobs/local.py) and, in a later issue, the distributed queue. A
-third, DisabledJobService, answers every call with UNAVAILABLE and the reason.
-Methods raise the domain errors of server/errors.py: QueueFull, JobNotFound,
-InvalidRequest, Draining, ServiceUnavailable.
+host, server/jobs/local.py) and RedisJobService (a Redis-backed Celery queue,
+workers on any host, server/jobs/distributed.py). A third, DisabledJobService,
+answers every call with UNAVAILABLE and the reason. Methods raise the domain
+errors of server/errors.py: QueueFull, JobNotFound, InvalidRequest, Draining,
+ServiceUnavailable.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class JobService(abc.ABC):
     async def submit(self, spec: JobSpec) -> JobRecord: ...
 
     @abc.abstractmethod
-    def get(self, job_id: str) -> JobRecord: ...
+    async def get(self, job_id: str) -> JobRecord:
+        """The job now (async: the distributed service reads it from Redis)."""
 
     @abc.abstractmethod
     async def cancel(self, job_id: str) -> JobRecord:
@@ -99,7 +101,7 @@ class DisabledJobService(JobService):
     async def submit(self, spec: JobSpec) -> JobRecord:
         raise ServiceUnavailable(self.reason)
 
-    def get(self, job_id: str) -> JobRecord:
+    async def get(self, job_id: str) -> JobRecord:
         raise ServiceUnavailable(self.reason)
 
     async def cancel(self, job_id: str) -> JobRecord:

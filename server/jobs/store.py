@@ -1,9 +1,10 @@
-"""The API process's view of every job: records, their changes, watchers, retention and the job metrics.
+"""The local pool's view of every job: records, their changes, watchers, retention and the job metrics.
 
-Whatever runs the jobs (local worker processes, or the distributed queue of a
-later issue) reports into a JobStore; WatchJob and GetJob read from it. It is
-used from the event loop thread only, so records need no locks: a change bumps
-the record's version and sets the event its watchers wait on.
+The local worker processes report into a JobStore; WatchJob and GetJob read
+from it. (The distributed queue keeps its jobs in Redis instead, where every API
+replica reads them: server/jobs/distributed.py.) It is used from the event loop
+thread only, so records need no locks: a change bumps the record's version and
+sets the event its watchers wait on.
 """
 
 from __future__ import annotations

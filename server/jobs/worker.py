@@ -5,7 +5,7 @@ this module is where torch is imported, never in the API process. The contract
 follows Triton's python_backend: `initialize(config)` once, `execute(job)` per
 job with exactly one JobFinished per job, `finalize()` at the end.
 
-    python -m server.jobs.worker   # `make worker`: the foreground worker of the distributed queue (a later issue)
+    STYLIZE_QUEUE=redis://host:6379/0 python -m server.jobs.worker   # `make worker`: a distributed-queue worker
 """
 
 from __future__ import annotations
@@ -194,10 +194,21 @@ def serve(conn: Connection, config: WorkerConfig) -> None:
 
 
 def main() -> None:
-    sys.exit(
-        "stylize worker: a foreground worker serves the distributed queue (STYLIZE_QUEUE), which a later issue "
-        "builds. Until then the API process runs its own workers: STYLIZE_LOCAL_WORKERS=N python -m server"
+    """`make worker`: a worker of the distributed queue in the foreground (server/jobs/queue_worker.py)."""
+    from server.config import load_config
+
+    config = load_config()
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
     )
+    if not config.queue:
+        sys.exit(
+            "stylize worker: set STYLIZE_QUEUE=redis://host:port/db, the queue the API replicas submit to. "
+            "Without a queue the API process runs its own workers: STYLIZE_LOCAL_WORKERS=N python -m server"
+        )
+    from server.jobs import queue_worker  # Celery and Redis: the `queue` extra
+
+    queue_worker.run(config)
 
 
 if __name__ == "__main__":
