@@ -172,11 +172,14 @@ def test_a_full_queue_refuses_and_deadlines_are_honoured(small_server: RunningSe
 
     # A call whose deadline passes while it waits is dropped before inference.
     dropped = metric(small_server, 'stylize_requests_rejected_total{reason="deadline"}')
-    data = (CONTENT_DIR / "kodim23.png").read_bytes()  # 768x512, beyond the budget: tiled, seconds of work
+    # kodim23 at twice its size, 1536x1024: 15 times the budget, tiled, seconds of work on any CPU, so the
+    # call behind it is still waiting when its deadline passes.
+    big = Image.open(CONTENT_DIR / "kodim23.png").convert("RGB")
+    data = encode(np.asarray(big.resize((big.width * 2, big.height * 2), Image.Resampling.BICUBIC)))
     busy = threading.Thread(target=call)
     busy.start()
-    time.sleep(0.5)
-    with StylizeClient(small_server.target, timeout_s=0.5) as client, pytest.raises(grpc.RpcError) as caught:
+    time.sleep(1.0)
+    with StylizeClient(small_server.target, timeout_s=0.3) as client, pytest.raises(grpc.RpcError) as caught:
         client.stylize(data, "tiny")
     busy.join()
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
