@@ -87,7 +87,7 @@ RECIPES = [
         args={
             "style_dir": STYLES,
             "widths": (128, 64, 32),
-            "steps": 2000,
+            "steps": 1500,
             "image_size": 128,
             "batch_size": 4,
             "lr": 5e-4,
@@ -133,8 +133,7 @@ def hardware() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-def build(recipe: Recipe, runs: Path, models: Path, steps: int | None) -> dict[str, Any]:
-    started = time.monotonic()
+def build(recipe: Recipe, runs: Path, models: Path, steps: int | None, resume: bool = False) -> dict[str, Any]:
     config_class, train = TRAINERS[recipe.family]
     arch = "vgg19" if recipe.family == "arbitrary" else "vgg16"
     values: dict[str, Any] = {
@@ -145,8 +144,12 @@ def build(recipe: Recipe, runs: Path, models: Path, steps: int | None) -> dict[s
     }
     if steps is not None:
         values["steps"] = steps
+    previous = runs / recipe.name / "checkpoint.pt"
+    if resume and previous.exists():
+        values["resume"] = str(previous)
     checkpoint = train(config_class(**values))
-    trained = time.monotonic() - started
+    # Training time as the checkpoint counts it: the whole run, across resumes.
+    trained = float(torch.load(checkpoint, map_location="cpu", weights_only=False).get("seconds", 0.0))
     version = export_checkpoint(
         ExportConfig(checkpoint=checkpoint, name=recipe.name, models=models, description=recipe.description)
     )
@@ -154,6 +157,7 @@ def build(recipe: Recipe, runs: Path, models: Path, steps: int | None) -> dict[s
         "model": recipe.name,
         "version": version,
         "steps": values["steps"],
+        **({"resumed_from": values["resume"]} if "resume" in values else {}),
         "loss_weights": values["loss_weights"],
         "train_seconds": round(trained),
         "hardware": hardware(),
@@ -165,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else "")
     parser.add_argument("--only", action="append", default=[], help="recipe name; repeatable")
     parser.add_argument("--steps", type=int, default=None, help="override every recipe's steps (try-outs)")
+    parser.add_argument("--resume", action="store_true", help="continue from a run's last checkpoint where one exists")
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--runs", type=Path, default=Path("runs/bundle"))
     args = parser.parse_args(argv)
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     for recipe in RECIPES:
         if args.only and recipe.name not in args.only:
             continue
-        record = build(recipe, args.runs, args.models, args.steps)
+        record = build(recipe, args.runs, args.models, args.steps, args.resume)
         logger.info("built %s", record)
         history.append(record)
         log_path.write_text(json.dumps(history, indent=2) + "\n")

@@ -91,11 +91,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 class LossLog:
     """One CSV row per logged step: step, seconds since start, then every loss term."""
 
-    def __init__(self, path: Path, columns: list[str], *, resume: bool) -> None:
+    def __init__(self, path: Path, columns: list[str], *, resume_step: int | None) -> None:
         self.path = path
         self.columns = ["step", "seconds", *columns]
         path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not (resume and path.exists())
+        fresh = not (resume_step is not None and path.exists())
+        if not fresh:
+            # Rows logged after the checkpoint were lost with the run that wrote them.
+            lines = path.read_text().splitlines(keepends=True)
+            path.write_text("".join(lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= resume_step]))
         self._file = path.open("w" if fresh else "a", newline="")
         self._writer = csv.writer(self._file)
         if fresh:
@@ -176,6 +180,7 @@ def fit(cfg: TrainConfig, run: TrainingRun, device: torch.device) -> Path:
     net = run.net
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
     step = 0
+    seconds_before = 0.0  # training time spent before a resume, so logs and records show the whole run
     if cfg.resume:
         checkpoint = load_checkpoint(cfg.resume)
         if checkpoint.get("family") != run.family or checkpoint["model_config"] != run.model_config:
@@ -186,6 +191,7 @@ def fit(cfg: TrainConfig, run: TrainingRun, device: torch.device) -> Path:
         net.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step = int(checkpoint["step"])
+        seconds_before = float(checkpoint.get("seconds", 0.0))
         logger.info("resumed from %s at step %d", cfg.resume, step)
 
     data = ContentImages(cfg.content_dir, cfg.image_size)
@@ -203,6 +209,7 @@ def fit(cfg: TrainConfig, run: TrainingRun, device: torch.device) -> Path:
                 "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "step": step,
+                "seconds": seconds_before + time.monotonic() - started,
                 "config": asdict(cfg),
                 "command": command_line(),
                 "code_version": code_version(),
@@ -226,11 +233,11 @@ def fit(cfg: TrainConfig, run: TrainingRun, device: torch.device) -> Path:
         values = {name: t.item() for name, t in terms.items()} | {"total": total.item()}
         if log is None:
             columns = list(values)
-            log = LossLog(out_dir / "losses.csv", columns, resume=bool(cfg.resume))
+            log = LossLog(out_dir / "losses.csv", columns, resume_step=step - 1 if cfg.resume else None)
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()})
         if step % cfg.log_every == 0 or step == cfg.steps:
-            log.write(step, time.monotonic() - started, values)
+            log.write(step, seconds_before + time.monotonic() - started, values)
         if step % cfg.sample_every == 0 or step == cfg.steps:
             net.eval()
             with torch.no_grad():

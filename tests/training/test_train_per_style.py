@@ -72,12 +72,21 @@ def test_every_loss_term_falls(content_dir: Path, tmp_path: Path) -> None:
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(content_dir: Path, tmp_path: Path) -> None:
     straight = loop.load_checkpoint(train(tiny_config(content_dir, tmp_path / "straight", steps=4)))
     first_half = train(tiny_config(content_dir, tmp_path / "resumed", steps=2))
+    log = tmp_path / "resumed" / "losses.csv"
+    with log.open("a") as f:  # a row the killed run logged after its last checkpoint
+        f.write("3,99.0,1,1,1,3\n")
     resumed = loop.load_checkpoint(
         train(tiny_config(content_dir, tmp_path / "resumed", steps=4, resume=str(first_half)))
     )
     assert resumed["step"] == 4
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
+    # The log reads as one run: each step once, and time counted across the resume.
+    rows = [line.split(",") for line in log.read_text().splitlines()[1:]]
+    assert [int(row[0]) for row in rows] == [1, 2, 3, 4]
+    seconds = [float(row[1]) for row in rows]
+    assert seconds == sorted(seconds) and seconds[2] != 99.0
+    assert resumed["seconds"] >= seconds[-1] > 0
 
 
 def test_unreadable_photos_are_skipped_with_a_warning(
