@@ -87,7 +87,7 @@ RECIPES = [
         args={
             "style_dir": STYLES,
             "widths": (128, 64, 32),
-            "steps": 1500,
+            "steps": 3000,
             "image_size": 128,
             "batch_size": 4,
             "lr": 5e-4,

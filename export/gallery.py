@@ -1,6 +1,6 @@
 """Render the README's pictures from the model repository: every model on the same photos.
 
-    python -m export.gallery                       # docs/gallery.jpg and docs/hero.jpg
+    python -m export.gallery   # docs/hero.jpg, gallery.jpg (per-style), blends.jpg (multi), arbitrary.jpg
 
 Runs the exported ONNX graphs through the server's own pipeline (decode,
 inference, post-processing), so the pictures show what the service returns.
@@ -62,6 +62,60 @@ def grid(columns: list[tuple[str, list[Image.Image]]]) -> Image.Image:
     return sheet
 
 
+def side_by_side(images: list[Image.Image]) -> Image.Image:
+    """Several style paintings in one cell, for a blend of them."""
+    cells = [fit(image, CELL // len(images)) for image in images]
+    sheet = Image.new("RGB", (CELL, CELL), "white")
+    for i, cell in enumerate(cells):
+        sheet.paste(cell, (i * cell.width, (CELL - cell.height) // 2))
+    return sheet
+
+
+def blends_panel(model: LoadedModel, photo: Path, side: int) -> Image.Image:
+    """Each style of a multi-style model alone, then blends of them, all from one network."""
+    styles = list(model.spec.styles)
+    paintings = {name: Image.open(Path("data/styles") / f"{name}.jpg").convert("RGB") for name in styles}
+    mixes: list[dict[str, float]] = [{name: 1.0} for name in styles]
+    mixes += [{styles[0]: 0.5, styles[-1]: 0.5}, dict.fromkeys(styles, 1.0 / len(styles))]
+    columns = [("photo", [Image.open(photo).convert("RGB"), Image.new("RGB", (CELL, CELL), "white")])]
+    for mix in mixes:
+        label = " + ".join(f"{w:g} {n}" for n, w in mix.items()) if len(mix) > 1 else next(iter(mix))
+        if len(mix) == len(styles) > 2:
+            label = f"all {len(styles)}, equal weights"
+        painting = side_by_side([paintings[name] for name in mix])
+        columns.append((label, [painting, stylize_file(model, photo, side, styles=mix)]))
+    return grid(columns)
+
+
+ARBITRARY_STYLES = ["composition_vii.jpg", "shipwreck.jpg", "ia_orana_maria.jpg"]
+
+
+def arbitrary_panel(model: LoadedModel, photo: Path, side: int) -> Image.Image:
+    """One network, any painting: strength, colour preservation and a blend of two paintings."""
+    paths = [Path("data/styles") / name for name in ARBITRARY_STYLES]
+    datas = [p.read_bytes() for p in paths]
+    paintings = [Image.open(p).convert("RGB") for p in paths]
+    columns: list[tuple[str, list[Image.Image]]] = [("style", paintings)]
+    for label, options in (
+        ("strength 1", {}),
+        ("strength 0.5", {"strength": 0.5}),
+        ("colour preserved", {"preserve_color": True}),
+    ):
+        cells = [stylize_file(model, photo, side, style_images=(d,), **options) for d in datas]  # type: ignore[arg-type]
+        columns.append((label, cells))
+    blends = [(i, (i + 1) % len(datas)) for i in range(len(datas))]
+    columns.append(
+        (
+            "0.5 + 0.5 with the next",
+            [
+                stylize_file(model, photo, side, style_images=(datas[i], datas[j]), style_image_weights=(0.5, 0.5))
+                for i, j in blends
+            ],
+        )
+    )
+    return grid(columns)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else "")
     parser.add_argument("--models", type=Path, default=Path("models"))
@@ -80,14 +134,20 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     grid(columns).save(args.out / "gallery.jpg", quality=88)
 
-    hero_model = registry.models()[0]
+    per_style = [m for m in registry.models() if m.spec.family == "per_style"]
+    hero_model = next((m for m in per_style if m.name == "starry_night"), per_style[0])
     style = style_image_of(hero_model)
     hero_columns = [("photo", [Image.open(photos[0]).convert("RGB")])]
     if style is not None:
         hero_columns.append((f"style: {hero_model.spec.styles[0]}", [style]))
     hero_columns.append((f"Stylize: {hero_model.name}", [stylize_file(hero_model, photos[0], args.side)]))
     grid(hero_columns).save(args.out / "hero.jpg", quality=88)
-    logger.info("wrote %s and %s", args.out / "gallery.jpg", args.out / "hero.jpg")
+    for model in registry.models():
+        if model.spec.family == "multi_style":
+            blends_panel(model, photos[0], args.side).save(args.out / "blends.jpg", quality=88)
+        elif model.spec.family == "arbitrary":
+            arbitrary_panel(model, photos[1], args.side).save(args.out / "arbitrary.jpg", quality=88)
+    logger.info("wrote the pictures in %s", args.out)
 
 
 if __name__ == "__main__":
