@@ -1,0 +1,20 @@
+"""The README documents what the project really has."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from server.config import ServerConfig, env_name
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_quick_start_is_the_two_commands() -> None:
+    assert "make serve" in README and "make test" in README
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    missing = [env_name(f.name) for f in dataclasses.fields(ServerConfig) if f"`{env_name(f.name)}`" not in README]
+    assert not missing, f"README's configuration table lacks {missing}"
