@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from bench.common import table, write_result
+from bench.common import run_concurrently, table, write_result
 from bench.serving import Server, png
 from client import StylizeClient
 
@@ -35,13 +35,7 @@ def run(side: int, requests: int, window_ms: float) -> dict[str, Any]:
                 with lock:
                     latencies.append(time.perf_counter() - started)
 
-    threads = [threading.Thread(target=client_loop, args=(requests // 8,)) for _ in range(8)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = run_concurrently(lambda: client_loop(requests // 8), 8)
     server.stop()
     return {
         "batch_window_ms": window_ms,

@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import summary, table, time_calls, write_result
+from bench.common import run_concurrently, summary, table, time_calls, write_result
 from bench.peer import peer_feeds, peer_model_path, session
 from client import StylizeClient
 from export.onnx_export import ClampedOutput, export_graph, image_input
@@ -226,13 +225,7 @@ def concurrency(server: Server, requests: int) -> dict[str, Any]:
             for _ in range(count):
                 client.stylize(data, "great_wave", output_format="jpeg")
 
-    threads = [threading.Thread(target=client_loop, args=(requests // 8,)) for _ in range(8)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    served = (requests // 8 * 8) / (time.perf_counter() - started)
+    served = (requests // 8 * 8) / run_concurrently(lambda: client_loop(requests // 8), 8)
     return {
         "direct_sequential_per_s": round(sequential, 2),
         "service_8_clients_per_s": round(served, 2),

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from client import StylizeClient
 from server.jobs.model import JobSpec
 from stylize.v1 import stylize_pb2 as pb
 from tests.conftest import ROOT, RunningServer, encode, free_port, photo, start_server, stop_server
-from tests.server.test_jobs import FINAL, LONG, job_request
+from tests.server.test_jobs import FINAL, LONG, job_request, running, wait_for
 
 pytest.importorskip("celery", reason="the distributed queue needs the queue extra: pip install -e '.[queue]'")
 
@@ -198,20 +198,6 @@ def b(cluster: Cluster) -> Iterator[StylizeClient]:
 
 def pid_of(job: pb.Job) -> int:
     return int(job.worker.rsplit(":", 1)[1])
-
-
-def wait_for(client: StylizeClient, job_id: str, check: Callable[[pb.Job], bool], timeout_s: float = 60.0) -> pb.Job:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get_job(job_id)
-        if check(job):
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} never got there: {client.get_job(job_id)}")
-
-
-def running(job: pb.Job) -> bool:
-    return job.state == pb.JOB_STATE_RUNNING and job.iteration >= 2
 
 
 def wait_health(client: StylizeClient, service: str, status: str, timeout_s: float = 30.0) -> None:
