@@ -1,18 +1,21 @@
 """Gatys optimisation speed: training/gatys.py against the PyTorch tutorial's loop (bench/gatys_reference.py).
 
-    python -m bench.gatys            # about five minutes on two CPU cores; STYLIZE_BENCH_WEIGHTS=imagenet for real VGG
+    python -m bench.gatys            # about 15 minutes on two CPU cores; STYLIZE_BENCH_WEIGHTS=imagenet for real VGG
 
 Same loss network and weights, same images, same size, same loss (content
 relu4_2, style relu1_1..relu5_1, weights 1 and 1e6, no TV), both starting from
-the content:
+the content, both on the CPU with the same threads:
   1. seconds per evaluation (one forward and backward) at 256 and 512 px, the
      loops alternating, median of ROUNDS;
-  2. time to a target loss at 256 px: the loss the reference reaches after
-     TARGET_EVALUATIONS evaluations (the reference runs first and last; its mean
-     time is the yardstick), then how long training/gatys.py takes to reach it:
-     single-stage and with a 128 -> 256 px schedule, in fp32 (the default) and
-     with --precision bf16 (explicit: bf16 autocast, AMX on recent Xeons).
-     Every result is re-scored with the reference's own loss modules in fp32.
+  2. time to a target loss at 256 and 512 px: the loss the reference reaches
+     after TARGET_EVALUATIONS evaluations (the reference runs first and last;
+     its mean time is the yardstick), then how long training/gatys.py takes to
+     reach it: single-stage and with a half-size first stage, in fp32 (the
+     default) and with --precision bf16 (explicit: bf16 autocast, which
+     AVX512-BF16 and AMX CPUs run natively). Every result is re-scored with the
+     reference's own loss modules in fp32.
+  3. Where CUDA is present: 500 iterations at 512 px with the defaults, fp32
+     and bf16, on the GPU (the device's name goes into the result).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import contextlib
 import dataclasses
 import os
 import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -36,8 +40,9 @@ CONTENT = "data/content/kodim23.png"
 STYLE = "data/styles/starry_night.jpg"
 CONTENT_LAYERS = ["relu4_2"]
 STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
-TARGET_SIDE = 256
+TARGET_SIDES = (256, 512)
 TARGET_EVALUATIONS = 80
+GPU_SIDE, GPU_ITERATIONS = 512, 500
 ROUNDS = 3
 WEIGHTS = os.environ.get("STYLIZE_BENCH_WEIGHTS", "random:0")
 
@@ -134,33 +139,18 @@ def evaluation_seconds(side: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def main() -> None:
-    torch.manual_seed(0)
-    load_at_start = os.getloadavg()  # other work on the machine skews every time below: recorded with them
-    print(f"loss network vgg19, weights {WEIGHTS}, {torch.get_num_threads()} threads, load {load_at_start}")
-    # 1. Seconds per evaluation.
-    speed_rows = []
-    for side in (TARGET_SIDE, 512):
-        seconds = evaluation_seconds(side)
-        row: dict[str, object] = {"size": side}
-        for name, value in seconds.items():
-            row[name] = round(value, 3)
-        row["fp32 / reference"] = round(seconds["ours fp32"] / seconds["reference"], 2)
-        row["bf16 / reference"] = round(seconds["ours bf16"] / seconds["reference"], 2)
-        speed_rows.append(row)
-    print("seconds per evaluation (forward + backward), median")
-    print(table(speed_rows, list(speed_rows[0])))
-
-    # 2. Time to the reference's loss after TARGET_EVALUATIONS evaluations.
-    side, n = TARGET_SIDE, TARGET_EVALUATIONS
+def time_to_target(side: int, n: int) -> tuple[float, list[dict[str, object]]]:
+    """The reference's loss after n evaluations, and a row per run: how long each took to reach it."""
     first = reference(side, n)
     target = first[n - 1][1]
     limit = 2 * n
     runs = {
-        "ours fp32, 256 px": config(sizes=(side,), iterations=(limit,)),
-        "ours fp32, 128 -> 256 px": config(sizes=(side // 2, side), iterations=(n // 2, limit)),
-        "ours bf16, 256 px": config(sizes=(side,), iterations=(limit,), precision="bf16"),
-        "ours bf16, 128 -> 256 px": config(sizes=(side // 2, side), iterations=(n // 2, limit), precision="bf16"),
+        f"ours fp32, {side} px": config(sizes=(side,), iterations=(limit,)),
+        f"ours fp32, {side // 2} -> {side} px": config(sizes=(side // 2, side), iterations=(n // 2, limit)),
+        f"ours bf16, {side} px": config(sizes=(side,), iterations=(limit,), precision="bf16"),
+        f"ours bf16, {side // 2} -> {side} px": config(
+            sizes=(side // 2, side), iterations=(n // 2, limit), precision="bf16"
+        ),
     }
     results = []
     for label, cfg in runs.items():
@@ -171,7 +161,7 @@ def main() -> None:
     ref_seconds = (first[n - 1][0] + second[n - 1][0]) / 2
     rows: list[dict[str, object]] = [
         {
-            "run": "reference (tutorial loop)",
+            "run": f"reference (tutorial loop), {side} px",
             "evaluations": n,
             "full-size equivalents": n,
             "seconds": f"{first[n - 1][0]:.1f} / {second[n - 1][0]:.1f}",
@@ -194,8 +184,67 @@ def main() -> None:
                 "loss (reference's)": f"{reference_loss(image, side):.4g}",
             }
         )
-    print(f"time to the reference's loss after {n} evaluations ({target:.4g}) at {side} px")
-    print(table(rows, list(rows[0])))
+    return target, rows
+
+
+def on_gpu() -> list[dict[str, object]]:
+    """GPU_ITERATIONS iterations at GPU_SIDE px with the defaults, per precision, on the CUDA device."""
+    content, style = images(GPU_SIDE)
+    vgg = network().cuda()
+    rows: list[dict[str, object]] = []
+    for precision in ("fp32", "bf16"):
+        cfg = config(sizes=(GPU_SIDE,), iterations=(GPU_ITERATIONS,), precision=precision, device="cuda")
+        optimize(content, [style], cfg, network=vgg)  # warm-up: cuDNN's choices, the allocator
+        losses: list[float] = []
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        optimize(content, [style], cfg, network=vgg, on_progress=lambda p, out=losses: out.append(p.losses["total"]))
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        rows.append(
+            {
+                "precision": precision,
+                "iterations": GPU_ITERATIONS,
+                "side": GPU_SIDE,
+                "seconds": round(seconds, 2),
+                "ms per iteration": round(1e3 * seconds / GPU_ITERATIONS, 2),
+                "final loss": f"{losses[-1]:.4g}",
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    load_at_start = os.getloadavg()  # other work on the machine skews every time below: recorded with them
+    print(f"loss network vgg19, weights {WEIGHTS}, {torch.get_num_threads()} threads, load {load_at_start}")
+    # 1. Seconds per evaluation.
+    speed_rows = []
+    for side in TARGET_SIDES:
+        seconds = evaluation_seconds(side)
+        row: dict[str, object] = {"size": side}
+        for name, value in seconds.items():
+            row[name] = round(value, 3)
+        row["fp32 / reference"] = round(seconds["ours fp32"] / seconds["reference"], 2)
+        row["bf16 / reference"] = round(seconds["ours bf16"] / seconds["reference"], 2)
+        speed_rows.append(row)
+    print("seconds per evaluation (forward + backward), median")
+    print(table(speed_rows, list(speed_rows[0])))
+
+    # 2. Time to the reference's loss after TARGET_EVALUATIONS evaluations.
+    targets = []
+    for side in TARGET_SIDES:
+        target, rows = time_to_target(side, TARGET_EVALUATIONS)
+        print(f"time to the reference's loss after {TARGET_EVALUATIONS} evaluations ({target:.4g}) at {side} px")
+        print(table(rows, list(rows[0])))
+        targets.append({"side": side, "target_loss": target, "rows": rows})
+
+    # 3. On a GPU, where there is one.
+    gpu: dict[str, object] = {}
+    if torch.cuda.is_available():
+        gpu = {"device": torch.cuda.get_device_name(0), "rows": on_gpu()}
+        print(f"{GPU_ITERATIONS} iterations at {GPU_SIDE} px on {gpu['device']}")
+        print(table(gpu["rows"], list(gpu["rows"][0])))  # type: ignore[index, call-overload]
     print(
         "wrote",
         write_result(
@@ -207,10 +256,9 @@ def main() -> None:
                 "threads": torch.get_num_threads(),
                 "load_average": {"start": load_at_start, "end": os.getloadavg()},
                 "evaluation_seconds": speed_rows,
-                "target_side": side,
-                "target_evaluations": n,
-                "target_loss": target,
-                "time_to_target": rows,
+                "target_evaluations": TARGET_EVALUATIONS,
+                "time_to_target": targets,
+                "gpu": gpu or "no CUDA device on this machine",
             },
         ),
     )

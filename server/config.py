@@ -49,6 +49,7 @@ class ServerConfig:
     job_update_interval_seconds: float = _setting(0.1, "WatchJob sends at most one update per interval (0: every)")
     worker_start_timeout_seconds: float = _setting(300.0, "how long a worker may take to load its loss network")
     loss_weights: str = _setting("imagenet", "the workers' VGG weights: imagenet (hub cache), a file, or random:SEED")
+    job_precision: str = _setting("fp32", "the workers' arithmetic: fp32 | bf16 (on GPUs and AVX512-BF16/AMX CPUs)")
     # Distributed queue (STYLIZE_QUEUE; server/jobs/distributed.py, queue_worker.py).
     job_max_attempts: int = _setting(2, "times a job may start: when its worker has died that often, it ends FAILED")
     queue_visibility_timeout_seconds: float = _setting(
@@ -124,6 +125,8 @@ class ServerConfig:
             )
         if not self.loss_weights:
             raise ValueError("loss_weights must not be empty: imagenet, a weights file, or random:SEED")
+        if self.job_precision not in ("fp32", "bf16"):
+            raise ValueError(f"job_precision must be fp32 or bf16, not {self.job_precision!r}")
 
 
 def env_name(field_name: str) -> str:

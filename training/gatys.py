@@ -236,7 +236,7 @@ class _Objective:
             for style, weight in zip(styles, blend, strict=True):
                 features = net(style)
                 for layer in config.style_layers:
-                    gram = float(weight) * gram_matrix(features[layer].float())
+                    gram = float(weight) * gram_matrix(features[layer])
                     previous = self.style_targets.get(layer)
                     self.style_targets[layer] = gram if previous is None else previous + gram
 
@@ -250,7 +250,7 @@ class _Objective:
         with self.autocast():
             features = self.net(image)
         c = sum(content_loss(features[k].float(), t) for k, t in self.content_targets.items())
-        grams = {layer: gram_matrix(features[layer].float()) for layer in cfg.style_layers}
+        grams = {layer: gram_matrix(features[layer]) for layer in cfg.style_layers}
         s = style_loss(grams, self.style_targets, self.layer_weights)
         tv = total_variation(image) if cfg.tv_weight else image.new_zeros(())
         terms = torch.stack([cfg.content_weight * c, cfg.style_weight * s, cfg.tv_weight * tv])

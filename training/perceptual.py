@@ -43,7 +43,7 @@ class PerceptualLoss(nn.Module):
             for image in style_images:  # (1, 3, H, W); styles may differ in size
                 features = vgg(image, self.style_layers)
                 for layer in self.style_layers:
-                    grams[layer].append(gram_matrix(features[layer].float())[0])
+                    grams[layer].append(gram_matrix(features[layer])[0])
         for layer, items in grams.items():
             self.register_buffer(f"gram_{layer}", torch.stack(items), persistent=False)
 
@@ -61,7 +61,7 @@ class PerceptualLoss(nn.Module):
             content = F.mse_loss(features_y[self.content_layer].float(), target.float())
             style = torch.stack(
                 [
-                    F.mse_loss(gram_matrix(features_y[layer].float()), self.target_gram(layer, style_index))
+                    F.mse_loss(gram_matrix(features_y[layer]), self.target_gram(layer, style_index))
                     for layer in self.style_layers
                 ]
             ).sum()

@@ -69,6 +69,7 @@ class LocalJobService(JobService):
         self.worker_config = WorkerConfig(
             loss_weights=config.loss_weights,
             device=config.device,
+            precision=config.job_precision,
             # The host's cores shared out: two workers each using every core only fight over them.
             threads=max(1, (os.cpu_count() or 1) // config.local_workers),
             max_pixels=config.max_pixels,
@@ -189,9 +190,10 @@ class LocalJobService(JobService):
             worker.state = "idle"
             self.info = self.info or message.info
             logger.info(
-                "worker %s ready (%s, loss weights %s) in %.1f s",
+                "worker %s ready (%s, %s, loss weights %s) in %.1f s",
                 worker.name,
                 message.info.device,
+                message.info.defaults["precision"],
                 message.info.loss_weights,
                 self.loop.time() - worker.started,
             )

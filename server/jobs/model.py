@@ -107,6 +107,7 @@ class WorkerConfig:
 
     loss_weights: str
     device: str  # "auto" | "cpu" | "cuda"
+    precision: str  # "fp32" | "bf16": GatysConfig.precision of every job
     threads: int  # torch intra-op threads: the host's cores shared among the workers
     max_pixels: int
     log_level: str

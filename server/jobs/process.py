@@ -149,9 +149,10 @@ class JobProcess:
         self.name = f"{message.host}:{message.pid}"
         self.info: OptimizerInfo = message.info
         logger.info(
-            "job process %s ready (%s, loss weights %s) in %.1f s",
+            "job process %s ready (%s, %s, loss weights %s) in %.1f s",
             self.name,
             message.info.device,
+            message.info.defaults["precision"],
             message.info.loss_weights,
             time.monotonic() - started,
         )

@@ -87,6 +87,7 @@ class QueueWorker:
         self.worker_config = WorkerConfig(
             loss_weights=config.loss_weights,
             device=config.device,
+            precision=config.job_precision,
             threads=config.worker_threads or os.cpu_count() or 1,
             max_pixels=config.max_pixels,
             log_level=config.log_level,

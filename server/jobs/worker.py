@@ -55,7 +55,7 @@ class GatysWorker:
         torch.set_num_threads(config.threads)
         self.device = pick_device(config.device)
         self.network(gatys.GatysConfig.loss_network)
-        defaults = {f.name: f.default for f in dataclasses.fields(gatys.GatysConfig)}
+        defaults = {f.name: f.default for f in dataclasses.fields(gatys.GatysConfig)} | {"precision": config.precision}
         layers = {arch: tuple(layer_names(arch)) for arch in BLOCKS}
         return OptimizerInfo(defaults=defaults, layers=layers, loss_weights=self.weights_tag, device=self.device.type)
 
@@ -77,7 +77,12 @@ class GatysWorker:
         iteration = 0
         try:
             spec = job.spec
-            options = {**spec.options, "loss_weights": self.config.loss_weights, "device": self.config.device}
+            options = {
+                **spec.options,
+                "loss_weights": self.config.loss_weights,
+                "device": self.config.device,
+                "precision": self.config.precision,
+            }
             config = gatys.GatysConfig(**options)
             largest = max(config.sizes)
             content = self._decode(spec.content, "content image", largest)

@@ -27,6 +27,7 @@ ENV = {
     "STYLIZE_JOB_MAX_ITERATIONS": "20000",
     "STYLIZE_JOB_UPDATE_INTERVAL_SECONDS": "0",  # every iteration, so the tests see them all
     "STYLIZE_JOB_RETENTION_SECONDS": "6",
+    "STYLIZE_JOB_PRECISION": "bf16",  # the non-default arithmetic end to end (training tests cover both)
 }
 LONG = 20000  # iterations of a job that a test stops itself
 
@@ -106,6 +107,11 @@ def test_a_job_runs_to_the_end(client: StylizeClient) -> None:
     assert image.format == "PNG" and image.size == (48, 32)
     assert final.worker.count(":") == 1 and final.attempt == 1
     assert final.created_at.seconds and final.finished_at.ToNanoseconds() >= final.started_at.ToNanoseconds()
+
+
+def test_workers_run_in_the_configured_precision(jobs_server: RunningServer) -> None:
+    ready = [line for line in jobs_server.log().splitlines() if " ready (" in line]
+    assert ready and all("(cpu, bf16, loss weights random:0)" in line for line in ready), ready
 
 
 def test_previews_a_schedule_and_jpeg(client: StylizeClient) -> None:
@@ -291,6 +297,7 @@ def test_job_settings_come_from_the_environment_and_are_checked() -> None:
         {"STYLIZE_JOB_MAX_SIDE": "8"},
         {"STYLIZE_JOB_RETENTION_SECONDS": "0"},
         {"STYLIZE_LOSS_WEIGHTS": ""},
+        {"STYLIZE_JOB_PRECISION": "fp16"},
     ):
         with pytest.raises(SystemExit):
             load_config([], environ=environ)

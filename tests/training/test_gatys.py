@@ -87,8 +87,9 @@ def test_loss_falls_with_the_reference_defaults(content: torch.Tensor, styles: l
         {"loss_network": "vgg16"},
         {"tv_weight": 1e-3},
         {"style_layer_weights": (2.0, 0.5)},
+        {"precision": "bf16"},
     ],
-    ids=["adam", "avg-pool", "vgg16", "tv", "layer-weights"],
+    ids=["adam", "avg-pool", "vgg16", "tv", "layer-weights", "bf16"],
 )
 def test_every_optimiser_and_network_lowers_the_loss(
     content: torch.Tensor, styles: list[torch.Tensor], overrides: dict[str, object]
