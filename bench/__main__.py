@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ["bench.codec", "bench.presets", "bench.serving", "bench.batching", "bench.gatys"]
+BENCHMARKS = ["bench.codec", "bench.presets", "bench.serving", "bench.batching", "bench.gatys", "bench.gatys_stability"]
 
 
 def main() -> None:

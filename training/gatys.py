@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from server.imageops import LUMA, preserve_color
+from training.lbfgs import GuardedLBFGS
 from training.loop import pick_device
 from training.losses import content_loss, gram_matrix, style_loss, total_variation
 from training.vgg import VGGFeatures, deepest, layer_names, load_vgg
@@ -328,7 +329,7 @@ def optimize(
         else:
             x = F.interpolate(x.detach(), size=target.shape[-2:], mode="bicubic", align_corners=False)
         x = x.clamp(0, 1).contiguous().requires_grad_(True)
-        run.stage(stage, x, objective, steps)
+        x = run.stage(stage, x, objective, steps)
     assert x is not None
     return run.finish(x)
 
@@ -352,31 +353,32 @@ class _Run:
         self.total = config.total_iterations
         self.source = torch.empty(0)
 
-    def stage(self, stage: int, x: torch.Tensor, objective: _Objective, steps: int) -> None:
-        optimizer = _make_optimizer(self.config, x)
-        scale: list[float] = []
-        latest = torch.zeros(4)
-
-        def closure() -> torch.Tensor:
-            nonlocal latest
-            optimizer.zero_grad(set_to_none=True)
-            terms = objective(x)
-            if not scale:
-                # torch's L-BFGS has absolute thresholds (a first step of min(1, 1/|g|_1); a curvature pair
-                # kept only if y.s > 1e-10), so a loss near 1e-3 (random weights, an upscaled start) stalls
-                # it. Optimising loss * (pixel values / starting loss) makes it independent of the loss scale.
-                scale.append(x.numel() / max(float(terms[3].detach()), 1e-30))
-            (terms[3] * scale[0]).backward()
-            latest = terms.detach()
-            return latest[3] * scale[0]
-
-        # L-BFGS takes one iteration per step() (max_iter=1; its memory persists across calls), so every
-        # iteration is reported, previewed and can be cancelled.
+    def stage(self, stage: int, x: torch.Tensor, objective: _Objective, steps: int) -> torch.Tensor:
+        """`steps` iterations from `x`; returns the stage's image (L-BFGS: the best one evaluated)."""
+        lbfgs = GuardedLBFGS(x.detach(), self.config.lbfgs_history) if self.config.optimizer == "lbfgs" else None
+        adam = torch.optim.Adam([x], lr=self.config.learning_rate) if lbfgs is None else None
+        scale = 0.0
         for _ in range(steps):
             self.check()
-            optimizer.step(closure)
-            with torch.no_grad():
-                x.clamp_(0, 1)  # the image stays an image (the PyTorch tutorial clamps the same way)
+            # 1. One evaluation: the loss terms and the gradient at x.
+            x.grad = None
+            terms = objective(x)
+            if not scale:
+                # L-BFGS's first step and its curvature test are absolute (as in torch.optim.LBFGS), so a loss
+                # near 1e-3 (random weights, an upscaled start) would stall it: optimise loss * (pixel values /
+                # starting loss), which makes it independent of the loss scale.
+                scale = x.numel() / max(float(terms[3].detach()), 1e-30)
+            (terms[3] * scale).backward()
+            assert x.grad is not None
+            latest = terms.detach()
+            # 2. One step; the image stays an image (clamped, as the PyTorch tutorial and neural-style do).
+            if lbfgs is not None:
+                lbfgs.step(float(latest[3]) * scale, x.grad)
+            else:
+                assert adam is not None
+                adam.step()
+                with torch.no_grad():
+                    x.clamp_(0, 1)
             self.iteration += 1
             if self.on_progress is not None:
                 content_value, style_value, tv_value, total_value = latest.tolist()
@@ -386,6 +388,9 @@ class _Run:
             every = self.config.preview_every
             if self.on_preview is not None and every and self.iteration % every == 0:
                 self.on_preview(self.iteration, self.finish(x))
+        if lbfgs is not None and lbfgs.restarts:
+            logger.info("stage %d: L-BFGS went back to its best image %d times", stage, lbfgs.restarts)
+        return lbfgs.best if lbfgs is not None else x.detach()
 
     def check(self) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -426,15 +431,6 @@ def _initial_image(
         source = source.unsqueeze(0)
     image = F.interpolate(source.to(content.device), size=(h, w), mode="bicubic", antialias=True, align_corners=False)
     return luminance(image) if config.preserve_color else image
-
-
-def _make_optimizer(config: GatysConfig, x: torch.Tensor) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam([x], lr=config.learning_rate)
-    # Tolerances 0, as neural-style sets tolX = tolFun = -1: run every iteration asked for.
-    return torch.optim.LBFGS(
-        [x], lr=1.0, max_iter=1, history_size=config.lbfgs_history, tolerance_grad=0.0, tolerance_change=0.0
-    )
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
