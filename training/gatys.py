@@ -286,7 +286,8 @@ def optimize(
     `network` is a loaded VGG of `config.loss_network` reaching the deepest layer used
     (loaded here when None). Each iteration calls `should_stop` (True raises Cancelled),
     checks the time budget (TimeBudgetExceeded) and reports every loss term to
-    `on_progress`; every `preview_every` iterations `on_preview` gets the image so far.
+    `on_progress`; every `preview_every` iterations `on_preview` gets the image so far
+    (with L-BFGS the best one evaluated, which is also what the stage ends with).
     """
     if not styles:
         raise ValueError("give at least one style image")
@@ -387,7 +388,7 @@ class _Run:
                 self.on_progress(Progress(self.iteration, self.total, stage, losses, elapsed))
             every = self.config.preview_every
             if self.on_preview is not None and every and self.iteration % every == 0:
-                self.on_preview(self.iteration, self.finish(x))
+                self.on_preview(self.iteration, self.finish(lbfgs.best if lbfgs is not None else x))
         if lbfgs is not None and lbfgs.restarts:
             logger.info("stage %d: L-BFGS went back to its best image %d times", stage, lbfgs.restarts)
         return lbfgs.best if lbfgs is not None else x.detach()
