@@ -21,6 +21,12 @@ from stylize.v1 import stylize_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 64 << 20  # the server's own limit decides; this only must not be lower
+OUTPUT_FORMATS = {
+    "png": pb.OUTPUT_FORMAT_PNG,
+    "jpeg": pb.OUTPUT_FORMAT_JPEG,
+    "jpg": pb.OUTPUT_FORMAT_JPEG,
+    "raw": pb.OUTPUT_FORMAT_RAW_RGB,  # response.image.raw: width, height and RGB bytes, no decoding needed
+}
 
 
 class StylizeClient:
@@ -82,7 +88,7 @@ class StylizeClient:
 
     def stylize(
         self,
-        content: bytes,
+        content: bytes | pb.RawImage,
         model: str,
         *,
         styles: Mapping[str, float] | None = None,
@@ -97,14 +103,14 @@ class StylizeClient:
     ) -> pb.StylizeResponse:
         request = pb.StylizeRequest(
             model=model,
-            content=pb.Image(data=content),
+            content=pb.Image(raw=content) if isinstance(content, pb.RawImage) else pb.Image(data=content),
             styles=[pb.StyleWeight(style=k, weight=v) for k, v in (styles or {}).items()],
             style_images=[pb.Image(data=data) for data in style_images],
             style_image_weights=list(style_image_weights),
             preserve_color=preserve_color,
             max_side=max_side,
             version=version,
-            output_format=pb.OUTPUT_FORMAT_JPEG if output_format.lower() in ("jpg", "jpeg") else pb.OUTPUT_FORMAT_PNG,
+            output_format=OUTPUT_FORMATS[output_format.lower()],
             jpeg_quality=jpeg_quality,
         )
         if strength is not None:

@@ -13,12 +13,15 @@ before any pixel is decoded, so a decompression bomb costs a header read.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
+from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -39,6 +42,16 @@ class ImageTooLarge(ImageDecodeError):
 class OutputFormat(Enum):
     PNG = "png"
     JPEG = "jpeg"
+    RAW = "raw"  # the (H, W, 3) RGB bytes as they are; alpha dropped
+
+
+@dataclass(frozen=True)
+class RawPixels:
+    """8-bit RGB pixels as a caller sent them, not yet checked: row by row, 3 bytes per pixel."""
+
+    width: int
+    height: int
+    rgb: bytes
 
 
 @dataclass(frozen=True)
@@ -56,11 +69,13 @@ class DecodedImage:
         return int(self.rgb.shape[1])
 
 
-def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage:
-    """Decode PNG, JPEG or WebP bytes to 8-bit RGB (+ alpha), EXIF orientation applied.
+def decode_image(data: bytes | RawPixels, *, max_pixels: int, what: str = "image") -> DecodedImage:
+    """Decode PNG, JPEG or WebP bytes to 8-bit RGB (+ alpha), EXIF orientation applied; raw pixels are checked.
 
     `what` names the image in error messages ("content image", "style image 2").
     """
+    if isinstance(data, RawPixels):
+        return _raw_image(data, max_pixels, what)
     if not data:
         raise ImageDecodeError(f"{what} is empty: send the bytes of a PNG, JPEG or WebP file")
     try:
@@ -91,6 +106,23 @@ def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> Decode
         raise ImageDecodeError(f"{what} could not be decoded ({exc}); is the file truncated?") from None
     rgb, alpha = _to_rgb8(image, what)
     return DecodedImage(rgb=rgb, alpha=alpha, source_format=source_format)
+
+
+def _raw_image(raw: RawPixels, max_pixels: int, what: str) -> DecodedImage:
+    if raw.width < 1 or raw.height < 1:
+        raise ImageDecodeError(f"{what} is raw pixels of size {raw.width}x{raw.height}; set width and height")
+    if raw.width * raw.height > max_pixels:
+        raise ImageTooLarge(
+            f"{what} is {raw.width}x{raw.height} = {raw.width * raw.height} pixels; the limit is {max_pixels} pixels"
+        )
+    expected = raw.width * raw.height * 3
+    if len(raw.rgb) != expected:
+        raise ImageDecodeError(
+            f"{what} has {len(raw.rgb)} bytes of raw pixels; {raw.width}x{raw.height} RGB needs {expected} "
+            "(width * height * 3, row by row)"
+        )
+    rgb = np.frombuffer(raw.rgb, dtype=np.uint8).reshape(raw.height, raw.width, 3)  # read-only, no copy
+    return DecodedImage(rgb=rgb, alpha=None, source_format="RAW")
 
 
 def _to_rgb8(image: Image.Image, what: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -134,21 +166,51 @@ def encode_image(
     jpeg_quality: int = 90,
     png_compress_level: int = 1,
 ) -> bytes:
-    """(H, W, 3) uint8 (+ alpha) -> PNG or JPEG bytes. JPEG drops the alpha channel.
-
-    PNG compress level 1 rather than Pillow's 6: the size grows little for
-    photographs and encoding is several times faster (bench/codec.py).
-    """
-    if alpha is not None and fmt is OutputFormat.PNG:
-        image = Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
-    else:
-        image = Image.fromarray(rgb, mode="RGB")
+    """(H, W, 3) uint8 (+ alpha) -> PNG, JPEG or raw RGB bytes. JPEG and raw drop the alpha channel."""
+    if fmt is OutputFormat.RAW:
+        return np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    if fmt is OutputFormat.PNG:
+        return encode_png(rgb if alpha is None else np.dstack([rgb, alpha]), png_compress_level)
     buffer = io.BytesIO()
-    if fmt is OutputFormat.JPEG:
-        image.save(buffer, format="JPEG", quality=jpeg_quality)
-    else:
-        image.save(buffer, format="PNG", compress_level=png_compress_level)
+    Image.fromarray(rgb, mode="RGB").save(buffer, format="JPEG", quality=jpeg_quality)
     return buffer.getvalue()
+
+
+PNG_LEVELS = range(4)  # ISA-L's deflate levels
+
+
+def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
+    """(H, W, 3) RGB or (H, W, 4) RGBA uint8 -> PNG: every row Up-filtered, deflated by ISA-L at `level` (0-3).
+
+    Pillow filters each row five ways and keeps the best, then deflates with zlib:
+    74 ms for a 1024x1024 photograph at zlib level 1, more than the `fast` network's
+    inference. One vectorised filter and ISA-L take 14 ms and the file is 4% smaller
+    (bench/codec.py).
+    """
+    if level not in PNG_LEVELS:
+        raise ValueError(f"PNG level must be in 0..3, not {level}")
+    height, width, channels = pixels.shape
+    rows = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(height, width * channels)
+    # PNG scanlines (RFC 2083, 6.3): a filter-type byte, then the row minus the row above (Up, type 2),
+    # modulo 256; the first row is stored as is (None, type 0).
+    scanlines = np.empty((height, width * channels + 1), dtype=np.uint8)
+    scanlines[0, 0] = 0
+    scanlines[1:, 0] = 2
+    scanlines[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=scanlines[1:, 1:])
+    header = struct.pack(">IIBBBBB", width, height, 8, 6 if channels == 4 else 2, 0, 0, 0)
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", isal_zlib.compress(scanlines, level)),
+            _png_chunk(b"IEND", b""),
+        ]
+    )
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
 def load_image_file(path: str | Path, *, max_pixels: int = 1 << 28) -> DecodedImage:
@@ -182,5 +244,9 @@ def nchw_to_rgb(image: np.ndarray) -> np.ndarray:
     """(1, 3, H, W) or (3, H, W) float in [0, 1] -> (H, W, 3) uint8, clipped and rounded."""
     if image.ndim == 4:
         image = image[0]
-    scaled = np.clip(image, 0.0, 1.0) * 255.0 + 0.5
-    return np.ascontiguousarray(scaled.astype(np.uint8).transpose(1, 2, 0))
+    # In place in one (H, W, 3) buffer: half the time of clip, scale and transpose as separate arrays.
+    scaled = np.empty((*image.shape[1:], image.shape[0]), dtype=np.float32)
+    np.multiply(image.transpose(1, 2, 0), np.float32(255.0), out=scaled)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    scaled += np.float32(0.5)
+    return scaled.astype(np.uint8)

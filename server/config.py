@@ -38,7 +38,7 @@ class ServerConfig:
     max_message_bytes: int = _setting(32 << 20, "largest request or response message")
     max_rpcs: int = _setting(64, "calls of any kind open at once (streams included); more get RESOURCE_EXHAUSTED")
     max_pixels: int = _setting(16_777_216, "largest input image in pixels (width x height), checked before decoding")
-    png_compress_level: int = _setting(1, "zlib level of PNG responses (0-9; 1 is fast, 6 is Pillow's default)")
+    png_compress_level: int = _setting(1, "deflate level of PNG responses (ISA-L, 0-3; 1: 14 ms for 1 MP)")
     grace_seconds: float = _setting(10.0, "on SIGTERM, how long in-flight calls and running jobs may finish")
     # Gatys jobs (server/jobs/).
     max_jobs_queued: int = _setting(16, "Gatys jobs waiting for a worker; more get RESOURCE_EXHAUSTED")
@@ -99,8 +99,8 @@ class ServerConfig:
             raise ValueError("max_rpcs must be at least 4 (health checks and watchers count too)")
         if self.max_concurrent < 1 or self.max_pixels < 1 or self.max_message_bytes < 1024:
             raise ValueError("max_concurrent and max_pixels must be positive, max_message_bytes at least 1024")
-        if not 0 <= self.png_compress_level <= 9:
-            raise ValueError("png_compress_level must be in 0..9")
+        if not 0 <= self.png_compress_level <= 3:
+            raise ValueError("png_compress_level must be in 0..3 (ISA-L's deflate levels)")
         if self.job_max_side < 16 or self.job_max_iterations < 1:
             raise ValueError("job_max_side must be at least 16 and job_max_iterations at least 1")
         for name in ("job_time_budget_seconds", "job_retention_seconds", "worker_start_timeout_seconds"):

@@ -34,7 +34,7 @@ class StylizeTask:
     """A validated Stylize request, free of protobuf types."""
 
     model: str
-    content: bytes
+    content: bytes | codec.RawPixels
     version: int = 0
     styles: dict[str, float] = field(default_factory=dict)
     style_images: tuple[bytes, ...] = ()
@@ -55,7 +55,7 @@ class Timings:
 
 @dataclass(frozen=True)
 class StylizeResult:
-    data: bytes
+    data: bytes  # encoded, or raw RGB (OutputFormat.RAW)
     width: int
     height: int
     pixels: int

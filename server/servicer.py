@@ -22,6 +22,7 @@ import grpc
 
 from server import metrics, validation
 from server.admission import Admission
+from server.codec import OutputFormat
 from server.config import ServerConfig
 from server.errors import Draining, status_for
 from server.jobs import convert
@@ -155,8 +156,12 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
             ):
                 metrics.STAGE_SECONDS.labels(stage, model.name).observe(seconds)
             metrics.IMAGE_PIXELS.observe(result.pixels)
+            if task.output_format is OutputFormat.RAW:
+                image = pb.Image(raw=pb.RawImage(width=result.width, height=result.height, rgb=result.data))
+            else:
+                image = pb.Image(data=result.data)
             return pb.StylizeResponse(
-                image=pb.Image(data=result.data),
+                image=image,
                 model=model.name,
                 version=version.version,
                 provider=version.provider,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from server.codec import OutputFormat
+from server.codec import OutputFormat, RawPixels
 from server.errors import InvalidRequest
 from server.pipeline import StylizeTask
 from stylize.v1 import stylize_pb2 as pb
@@ -17,7 +17,31 @@ OUTPUT_FORMATS = {
     pb.OUTPUT_FORMAT_UNSPECIFIED: OutputFormat.PNG,
     pb.OUTPUT_FORMAT_PNG: OutputFormat.PNG,
     pb.OUTPUT_FORMAT_JPEG: OutputFormat.JPEG,
+    pb.OUTPUT_FORMAT_RAW_RGB: OutputFormat.RAW,
 }
+
+
+def encoded_image(image: pb.Image, name: str) -> bytes:
+    """The bytes of an image that must come encoded (style images, jobs' images)."""
+    if image.WhichOneof("kind") == "raw":
+        raise InvalidRequest(
+            f"{name} is raw pixels; send PNG, JPEG or WebP bytes in {name}.data (only Stylize's "
+            "content takes raw pixels)"
+        )
+    if not image.data:
+        raise InvalidRequest(f"{name}.data is empty: send the bytes of a PNG, JPEG or WebP image")
+    return image.data
+
+
+def content_image(image: pb.Image) -> bytes | RawPixels:
+    if image.WhichOneof("kind") == "raw":
+        return RawPixels(width=image.raw.width, height=image.raw.height, rgb=image.raw.rgb)
+    if not image.data:
+        raise InvalidRequest(
+            "content is empty: send the bytes of a PNG, JPEG or WebP image in content.data, "
+            "or raw RGB pixels in content.raw"
+        )
+    return image.data
 
 
 def check_range(name: str, value: float, low: float, high: float) -> float:
@@ -29,13 +53,12 @@ def check_range(name: str, value: float, low: float, high: float) -> float:
 def stylize_task(request: pb.StylizeRequest) -> StylizeTask:
     if not request.model:
         raise InvalidRequest("model is empty: name one of the models that ListModels returns")
-    if not request.content.data:
-        raise InvalidRequest("content.data is empty: send the bytes of a PNG, JPEG or WebP image")
+    content = content_image(request.content)
     strength = check_range("strength", request.strength, 0.0, 1.0) if request.HasField("strength") else 1.0
     if request.max_side > MAX_SIDE_LIMIT:
         raise InvalidRequest(f"max_side must be at most {MAX_SIDE_LIMIT} (0 keeps the size), got {request.max_side}")
     if request.output_format not in OUTPUT_FORMATS:
-        raise InvalidRequest(f"output_format {request.output_format} is unknown; use PNG or JPEG")
+        raise InvalidRequest(f"output_format {request.output_format} is unknown; use PNG, JPEG or RAW_RGB")
     if request.jpeg_quality > 100:
         raise InvalidRequest(f"jpeg_quality must be 1..100 (0: 90), got {request.jpeg_quality}")
     if len(request.styles) > MAX_STYLES:
@@ -61,10 +84,10 @@ def stylize_task(request: pb.StylizeRequest) -> StylizeTask:
         raise InvalidRequest("style_image_weights must not all be zero")
     return StylizeTask(
         model=request.model,
-        content=request.content.data,
+        content=content,
         version=request.version,
         styles=styles,
-        style_images=tuple(image.data for image in request.style_images),
+        style_images=tuple(encoded_image(image, f"style_images[{i}]") for i, image in enumerate(request.style_images)),
         style_image_weights=weights,
         strength=strength,
         preserve_color=request.preserve_color,

@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.errors import InvalidRequest
 from server.jobs.model import JobLimits, JobRecord, JobSpec, JobState, OptimizerInfo
+from server.validation import encoded_image
 from stylize.v1 import stylize_pb2 as pb
 
 MAX_STYLE_IMAGES = 8
@@ -84,15 +85,12 @@ def _schedule(request: pb.OptimizationRequest, limits: JobLimits, info: Optimize
 
 
 def job_spec(request: pb.OptimizationRequest, limits: JobLimits, info: OptimizerInfo) -> JobSpec:
-    if not request.content.data:
-        raise InvalidRequest("content.data is empty: send the bytes of a PNG, JPEG or WebP image")
+    content = encoded_image(request.content, "content")
     if not request.style_images:
         raise InvalidRequest("style_images is empty: send at least one style image")
     if len(request.style_images) > MAX_STYLE_IMAGES:
         raise InvalidRequest(f"at most {MAX_STYLE_IMAGES} style images, got {len(request.style_images)}")
-    for i, image in enumerate(request.style_images):
-        if not image.data:
-            raise InvalidRequest(f"style_images[{i}].data is empty")
+    styles = tuple(encoded_image(image, f"style_images[{i}]") for i, image in enumerate(request.style_images))
     stages = _schedule(request, limits, info)
     network = _enum("loss_network", request.loss_network, NETWORKS)
     options: dict[str, Any] = {
@@ -135,7 +133,7 @@ def job_spec(request: pb.OptimizationRequest, limits: JobLimits, info: Optimizer
         if any(weights):  # all zero: the weights were left unset, so the layers weigh equally
             options["style_layer_weights"] = tuple(weights)
 
-    init_image = request.init_image.data or None
+    init_image = encoded_image(request.init_image, "init_image") if request.HasField("init_image") else None
     if options["init"] == "image" and init_image is None:
         raise InvalidRequest("init is INITIALIZATION_IMAGE but init_image.data is empty")
     if options["init"] != "image" and init_image is not None:
@@ -165,8 +163,8 @@ def job_spec(request: pb.OptimizationRequest, limits: JobLimits, info: Optimizer
     budget = budget or limits.max_time_budget_seconds
     options["time_budget_seconds"] = budget
     return JobSpec(
-        content=request.content.data,
-        styles=tuple(image.data for image in request.style_images),
+        content=content,
+        styles=styles,
         init_image=init_image,
         options=options,
         iterations=sum(options["iterations"]),

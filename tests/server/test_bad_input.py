@@ -53,7 +53,7 @@ def result(response: pb.StylizeResponse) -> Image.Image:
 
 
 BAD_CONTENT = [
-    ("empty", b"", "content.data is empty"),
+    ("empty", b"", "content is empty"),
     ("truncated PNG", encode(photo(200, 200))[:3000], "truncated"),
     ("corrupt JPEG", encode(photo(), "JPEG")[:200] + b"\xff\x00" * 400, "could not be decoded"),
     ("random bytes", bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "not a PNG, JPEG or WebP"),
@@ -72,6 +72,34 @@ def test_bad_images_are_invalid_arguments(client: StylizeClient, case: str, data
         client.stylize(data, "tiny")
     assert caught.value.code() == INVALID, case
     assert message in caught.value.details(), caught.value.details()
+    serves_a_good_request(client)
+
+
+BAD_RAW = [
+    ("short", pb.RawImage(width=40, height=30, rgb=bytes(40 * 30 * 3 - 1)), "has 3599 bytes of raw pixels; 40x30"),
+    ("long", pb.RawImage(width=40, height=30, rgb=bytes(40 * 30 * 4)), "needs 3600 (width * height * 3"),
+    ("no size", pb.RawImage(rgb=bytes(300)), "raw pixels of size 0x0"),
+    ("too many pixels", pb.RawImage(width=60_000, height=60_000, rgb=bytes(3)), "the limit is"),
+    ("too small", pb.RawImage(width=10, height=10, rgb=bytes(300)), "at least 16 pixels"),
+]
+
+
+@pytest.mark.parametrize(("case", "raw", "message"), BAD_RAW, ids=[c[0] for c in BAD_RAW])
+def test_bad_raw_pixels_are_invalid_arguments(client: StylizeClient, case: str, raw: pb.RawImage, message: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        client.stylize(raw, "tiny")
+    assert caught.value.code() == INVALID, case
+    assert message in caught.value.details(), caught.value.details()
+    serves_a_good_request(client)
+
+
+def test_raw_style_images_are_refused_saying_where_raw_goes(client: StylizeClient) -> None:
+    raw = pb.RawImage(width=20, height=20, rgb=bytes(20 * 20 * 3))
+    request = pb.StylizeRequest(model="tiny", content=pb.Image(data=encode(photo())), style_images=[pb.Image(raw=raw)])
+    with pytest.raises(grpc.RpcError) as caught:
+        client.stub.Stylize(request, timeout=30)
+    assert caught.value.code() == INVALID
+    assert "style_images[0] is raw pixels; send PNG, JPEG or WebP" in caught.value.details()
     serves_a_good_request(client)
 
 

@@ -16,6 +16,7 @@ from server.codec import (
     OutputFormat,
     decode_image,
     encode_image,
+    encode_png,
     nchw_to_rgb,
     resize_max_side,
     rgb_to_nchw,
@@ -137,6 +138,22 @@ def test_encode_png_keeps_alpha_and_jpeg_drops_it() -> None:
     png = Image.open(io.BytesIO(encode_image(rgb, alpha, OutputFormat.PNG)))
     jpeg = Image.open(io.BytesIO(encode_image(rgb, alpha, OutputFormat.JPEG)))
     assert png.mode == "RGBA" and jpeg.mode == "RGB" and jpeg.format == "JPEG"
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (5, 7, 3), (9, 3, 4), (40, 33, 4)], ids=str)
+def test_our_png_writer_is_lossless_for_pillow(shape: tuple[int, int, int], level: int) -> None:
+    pixels = np.random.default_rng(level).integers(0, 256, shape, dtype=np.uint8)
+    image = Image.open(io.BytesIO(encode_png(pixels, level)))
+    image.verify()  # chunk CRCs and the zlib stream's checksum
+    decoded = np.asarray(Image.open(io.BytesIO(encode_png(pixels, level))))
+    assert image.mode == ("RGBA" if shape[2] == 4 else "RGB")
+    assert np.array_equal(decoded, pixels)
+
+
+def test_png_levels_beyond_isal_are_refused() -> None:
+    with pytest.raises(ValueError, match="0..3"):
+        encode_png(photo(), 4)
 
 
 def test_resize_and_layout_helpers() -> None:

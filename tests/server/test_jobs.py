@@ -215,6 +215,7 @@ def test_an_undecodable_image_fails_the_job_saying_why(client: StylizeClient) ->
         ({"style_weights": [1.0, 2.0]}, "2 values for 1 style images"),
         ({"style_scale": 8.0}, "style_scale must be between"),
         ({"content": pb.Image()}, "content.data is empty"),
+        ({"content": pb.Image(raw=pb.RawImage(width=1, height=1, rgb=b"abc"))}, "content is raw pixels; send PNG"),
     ],
 )
 def test_bad_requests_are_invalid_argument(client: StylizeClient, fields: dict[str, object], message: str) -> None:

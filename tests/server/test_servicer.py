@@ -67,6 +67,20 @@ def test_jpeg_output_max_side_and_alpha(client: StylizeClient) -> None:
     assert out.mode == "RGBA" and out.getpixel((0, 0))[3] == 0 and out.getpixel((95, 63))[3] == 255
 
 
+def test_raw_pixels_in_and_out_match_png(client: StylizeClient) -> None:
+    rgb = photo(97, 61)
+    raw = pb.RawImage(width=97, height=61, rgb=rgb.tobytes())
+    from_png = np.asarray(read(client.stylize(encode(rgb), "tiny").image.data))
+    response = client.stylize(raw, "tiny", output_format="raw")
+    assert response.image.WhichOneof("kind") == "raw" and (response.width, response.height) == (97, 61)
+    out = response.image.raw
+    assert (out.width, out.height) == (97, 61)
+    assert np.array_equal(np.frombuffer(out.rgb, np.uint8).reshape(61, 97, 3), from_png)
+    # Raw in, PNG out, and max_side on raw input.
+    assert np.array_equal(np.asarray(read(client.stylize(raw, "tiny").image.data)), from_png)
+    assert client.stylize(raw, "tiny", max_side=48, output_format="raw").image.raw.width == 48
+
+
 def test_strength_zero_returns_the_content(client: StylizeClient) -> None:
     rgb = photo()
     out = np.asarray(read(client.stylize(encode(rgb), "tiny", strength=0.0).image.data))
@@ -92,7 +106,7 @@ def test_preserve_color_keeps_the_content_chroma(client: StylizeClient) -> None:
         ({"model": "../../etc/passwd"}, grpc.StatusCode.NOT_FOUND, "no model named"),
         ({"model": ""}, grpc.StatusCode.INVALID_ARGUMENT, "model is empty"),
         ({"version": 7}, grpc.StatusCode.NOT_FOUND, "no version 7"),
-        ({"content": b""}, grpc.StatusCode.INVALID_ARGUMENT, "content.data is empty"),
+        ({"content": b""}, grpc.StatusCode.INVALID_ARGUMENT, "content is empty"),
         ({"content": b"garbage"}, grpc.StatusCode.INVALID_ARGUMENT, "not a PNG, JPEG or WebP"),
         ({"strength": 1.5}, grpc.StatusCode.INVALID_ARGUMENT, "strength must be between 0 and 1"),
         ({"strength": float("nan")}, grpc.StatusCode.INVALID_ARGUMENT, "strength"),
