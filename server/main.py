@@ -28,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from server import metrics
+from server import codec, metrics
 from server.admission import Admission
 from server.auth import TokenInterceptor, check_binding, load_tokens, server_credentials
 from server.config import ServerConfig
@@ -175,6 +175,7 @@ async def serve(config: ServerConfig) -> None:
     metrics.CUDA_DEVICES.set(cuda_device_count()[0])
     registry = ModelRegistry(config.models, options, config.warmup_sides)
     record_models(registry, registry.load_all())
+    codec.warm_up()
     engine = Engine(
         EngineSettings(
             max_pixels=config.max_pixels,
