@@ -231,9 +231,9 @@ def service_overhead(server: Server, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
-def concurrency(server: Server, requests: int) -> dict[str, Any]:
+def concurrency(server: Server, requests: int, rounds: int = 3) -> dict[str, Any]:
     """Images per second: 8 clients through the service against one loop running the ONNX file directly,
-    the direct loop timed before and after the service's run (load on the machine drifts)."""
+    in alternating blocks (load on the machine drifts), medians of `rounds` blocks each."""
     data = png(512)
     direct = session(ROOT / "models" / "great_wave" / "1" / "model.onnx", THREADS)
     x = rgb_to_nchw(photo(512))
@@ -241,37 +241,46 @@ def concurrency(server: Server, requests: int) -> dict[str, Any]:
 
     def sequential() -> float:
         started = time.perf_counter()
-        for _ in range(requests // 2):
+        for _ in range(requests):
             direct.run(None, {"image": x})
-        return (requests // 2) / (time.perf_counter() - started)
+        return requests / (time.perf_counter() - started)
 
     def client_loop(count: int) -> None:
         with StylizeClient(f"127.0.0.1:{server.port}", timeout_s=600) as client:
             for _ in range(count):
                 client.stylize(data, "great_wave", output_format="jpeg")
 
-    before = sequential()
-    served = (requests // 8 * 8) / run_concurrently(lambda: client_loop(requests // 8), 8)
-    after = sequential()
-    direct_per_s = (before + after) / 2
+    def served() -> float:
+        return (requests // 8 * 8) / run_concurrently(lambda: client_loop(requests // 8), 8)
+
+    blocks = [(sequential(), served()) for _ in range(rounds)]
+    direct_per_s = statistics.median(b[0] for b in blocks)
+    service_per_s = statistics.median(b[1] for b in blocks)
     return {
         "direct_sequential_per_s": round(direct_per_s, 2),
-        "service_8_clients_per_s": round(served, 2),
-        "ratio": round(served / direct_per_s, 3),
+        "service_8_clients_per_s": round(service_per_s, 2),
+        "ratio": round(service_per_s / direct_per_s, 3),
+        "blocks": [[round(a, 2), round(b, 2)] for a, b in blocks],
     }
 
 
-def first_response(rounds: int) -> dict[str, Any]:
-    server = Server()
+def first_response(rounds: int, starts: int = 3) -> dict[str, Any]:
+    """The first Stylize call after health says SERVING against the steady state, over `starts` fresh servers
+    (one first call is one sample: a single start says little)."""
     data = png(512)
-    started = time.perf_counter()
-    server.client.stylize(data, "great_wave")
-    first = time.perf_counter() - started
-    steady = statistics.median(time_calls(lambda: server.client.stylize(data, "great_wave"), rounds, warmup=0))
-    serving_after = server.serving_after
-    server.stop()
+    firsts, steadies, serving_after = [], [], []
+    for _ in range(starts):
+        server = Server()
+        started = time.perf_counter()
+        server.client.stylize(data, "great_wave")
+        firsts.append(time.perf_counter() - started)
+        steadies += time_calls(lambda server=server: server.client.stylize(data, "great_wave"), rounds, warmup=0)
+        serving_after.append(server.serving_after)
+        server.stop()
+    first, steady = statistics.median(firsts), statistics.median(steadies)
     return {
-        "serving_after_s": round(serving_after, 1),
+        "starts": starts,
+        "serving_after_s": round(statistics.median(serving_after), 1),
         "first_ms": round(first * 1e3, 1),
         "steady_ms": round(steady * 1e3, 1),
         "ratio": round(first / steady, 2),
@@ -323,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         results["service_overhead"] = service_overhead(server, rounds)
         print("\n3. a 1024 px image through Stylize against the same ONNX file run directly")
         print(table(results["service_overhead"], list(results["service_overhead"][0])))
-        results["concurrency"] = concurrency(server, 16 if args.quick else 48)
+        results["concurrency"] = concurrency(server, 16 if args.quick else 40)
         print("\n4. 8 concurrent clients at 512 px against sequential direct runs:", results["concurrency"])
         results["memory"] = memory(server, 100 if args.quick else 1000)
         print("\n6. server RSS over requests of varying sizes:", results["memory"])

@@ -86,10 +86,11 @@ def create_session(model: Path | bytes, options: RuntimeOptions) -> ort.Inferenc
     session_options.graph_optimization_level = _OPTIMIZATION[options.graph_optimization]
     session_options.intra_op_num_threads = options.intra_op_threads
     session_options.log_severity_level = 3  # errors only; fallbacks are caught below
-    # ONNX Runtime's threads spin for a while after each run, waiting for more work. In a server the
-    # cores are wanted at once by decoding, encoding and other calls' inferences: 8 concurrent clients
-    # got 0.75-0.94x the throughput of sequential direct runs with spinning, 1.01-1.02x without
-    # (bench/serving.py, 2 cores).
+    # ONNX Runtime's threads spin while they wait for work, inside a run and on after it. In a server
+    # the cores are wanted at the same time by decoding, encoding and the other call's inference, which
+    # the spinning slows: with 8 concurrent clients on 2 cores the service gave 0.75-0.94x the
+    # throughput of sequential direct runs with spinning, 0.90-0.95x with spinning stopped after each
+    # run, 1.01-1.02x with none, which costs a lone 1024 px call about 3% (bench/serving.py).
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list[str | tuple[str, dict[str, str]]]
     if options.device == "cuda":
