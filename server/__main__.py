@@ -15,6 +15,11 @@ def main() -> None:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
     )
+    # Before the buffers it is about exist (server/allocator.py).
+    from server.allocator import retain_freed_memory
+
+    if retain_freed_memory(config.malloc_keep_mib << 20):
+        logging.getLogger("server").info("malloc keeps up to %d MiB freed per arena", config.malloc_keep_mib)
     # After logging is configured: importing these loads ONNX Runtime.
     from server.auth import InsecureBinding
     from server.main import serve

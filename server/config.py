@@ -39,6 +39,9 @@ class ServerConfig:
     max_rpcs: int = _setting(64, "calls of any kind open at once (streams included); more get RESOURCE_EXHAUSTED")
     max_pixels: int = _setting(16_777_216, "largest input image in pixels (width x height), checked before decoding")
     png_compress_level: int = _setting(1, "deflate level of PNG responses (ISA-L, 0-3; 1: 14 ms for 1 MP)")
+    malloc_keep_mib: int = _setting(
+        256, "free memory glibc's malloc keeps for the next request, MiB per arena (0: its defaults; allocator.py)"
+    )
     grace_seconds: float = _setting(10.0, "on SIGTERM, how long in-flight calls and running jobs may finish")
     # Gatys jobs (server/jobs/).
     max_jobs_queued: int = _setting(16, "Gatys jobs waiting for a worker; more get RESOURCE_EXHAUSTED")
@@ -99,6 +102,8 @@ class ServerConfig:
             raise ValueError("max_rpcs must be at least 4 (health checks and watchers count too)")
         if self.max_concurrent < 1 or self.max_pixels < 1 or self.max_message_bytes < 1024:
             raise ValueError("max_concurrent and max_pixels must be positive, max_message_bytes at least 1024")
+        if not 0 <= self.malloc_keep_mib <= 1024:
+            raise ValueError("malloc_keep_mib must be in 0..1024")
         if not 0 <= self.png_compress_level <= 3:
             raise ValueError("png_compress_level must be in 0..3 (ISA-L's deflate levels)")
         if self.job_max_side < 16 or self.job_max_iterations < 1:

@@ -37,6 +37,7 @@ def test_environment_and_flags() -> None:
         ([], {"STYLIZE_PORT": "http"}),
         ([], {"STYLIZE_QUEUE": "amqp://x"}),
         (["--local-workers", "-1"], {}),
+        (["--malloc-keep-mib", "4096"], {}),
     ],
 )
 def test_invalid_settings_exit_with_a_usage_error(argv: list[str], environ: dict[str, str]) -> None:
