@@ -72,6 +72,10 @@ class ServerConfig:
     graph_optimization: str = _setting("all", "ONNX Runtime graph optimisation: basic | extended | all")
     cudnn_conv_algo_search: str = _setting("HEURISTIC", "CUDA: HEURISTIC | EXHAUSTIVE | DEFAULT")
     gpu_mem_limit_bytes: int = _setting(0, "CUDA: ONNX Runtime's arena limit per session (0: none)")
+    arena_shrinkage: bool = _setting(
+        False, "after each run, free the arena growth it needed: less memory held, more allocation per large image"
+    )
+    fp16: str = _setting("auto", "fp16 graph variants: auto (CUDA: where faster) | measure | always | off (fp16.py)")
     # Access (server/auth.py).
     tls_cert: str = _setting("", "PEM certificate chain for the gRPC port; with tls_key, TLS is on")
     tls_key: str = _setting("", "PEM private key for the gRPC port")
@@ -115,6 +119,8 @@ class ServerConfig:
             raise ValueError("tile_halo must be a non-negative multiple of 8 and tile_pixels at least 4096")
         if self.graph_optimization not in ("basic", "extended", "all"):
             raise ValueError("graph_optimization must be basic, extended or all")
+        if self.fp16 not in ("off", "auto", "measure", "always"):
+            raise ValueError(f"fp16 must be off, auto, measure or always, not {self.fp16!r}")
         if self.cudnn_conv_algo_search not in ("HEURISTIC", "EXHAUSTIVE", "DEFAULT"):
             raise ValueError("cudnn_conv_algo_search must be HEURISTIC, EXHAUSTIVE or DEFAULT")
         if bool(self.tls_cert) != bool(self.tls_key):

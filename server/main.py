@@ -77,6 +77,8 @@ def runtime_options(config: ServerConfig) -> RuntimeOptions:
         graph_optimization=config.graph_optimization,
         cudnn_conv_algo_search=config.cudnn_conv_algo_search,
         gpu_mem_limit_bytes=config.gpu_mem_limit_bytes,
+        arena_shrinkage=config.arena_shrinkage,
+        fp16=config.fp16,
     )
 
 
@@ -89,7 +91,10 @@ def record_models(registry: ModelRegistry, changes: Changes) -> None:
         with contextlib.suppress(KeyError):
             metrics.MODEL_WARMUP_SECONDS.remove(name, str(number))
     metrics.MODEL_PROVIDER.clear()
+    metrics.MODEL_PRECISION.clear()
     for model in registry.models():
+        for graph, precision in model.newest.precision.items():
+            metrics.MODEL_PRECISION.labels(model.name, graph, precision).set(1)
         for version in model.versions.values():
             metrics.MODEL_INFO.labels(model.name, str(version.version), model.spec.family).set(1)
             metrics.MODEL_WARMUP_SECONDS.labels(model.name, str(version.version)).set(version.warmup_seconds)

@@ -39,6 +39,11 @@ IMAGE_PIXELS = Histogram("stylize_image_pixels", "Pixels of the images run throu
 
 MODEL_INFO = Gauge("stylize_model_info", "Loaded model versions (value 1)", ["model", "version", "family"])
 MODEL_PROVIDER = Gauge("stylize_model_provider", "Execution provider in use per model (value 1)", ["model", "provider"])
+MODEL_PRECISION = Gauge(
+    "stylize_model_precision",
+    "Precision of each graph served per model, fp32 or fp16 (value 1)",
+    ["model", "graph", "precision"],
+)
 MODEL_WARMUP_SECONDS = Gauge("stylize_model_warmup_seconds", "Warm-up time per model version", ["model", "version"])
 MODEL_LOAD_FAILURES = Gauge(
     "stylize_model_load_failed", "Models in the repository that failed to load (value 1)", ["model"]

@@ -19,11 +19,19 @@ from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
-import onnxruntime as ort
 
+from server import fp16
 from server.errors import UnknownModel
-from server.repository import FAMILY_GRAPHS, ModelSpec, RepositoryError, list_versions, model_dirs, read_spec
-from server.runtime import ProviderUnavailable, RuntimeOptions, create_session
+from server.repository import (
+    FAMILY_GRAPHS,
+    GraphSpec,
+    ModelSpec,
+    RepositoryError,
+    list_versions,
+    model_dirs,
+    read_spec,
+)
+from server.runtime import ProviderUnavailable, RuntimeOptions, Session, create_session
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +40,10 @@ logger = logging.getLogger(__name__)
 class LoadedVersion:
     version: int
     directory: Path
-    sessions: dict[str, ort.InferenceSession]  # graph file -> session
+    sessions: dict[str, Session]  # graph file -> session
     provider: str
     warmup_seconds: float
+    precision: dict[str, str] = field(default_factory=dict)  # graph file -> "fp32" | "fp16" (server/fp16.py)
 
 
 @dataclass(frozen=True)
@@ -125,22 +134,55 @@ class ModelRegistry:
         started = time.perf_counter()
         for side in self.warmup_sides:
             warm_up(spec, sessions, side)
+        precision = {graph.file: "fp32" for graph in spec.graphs}
+        if fp16.wanted(self.options):
+            for graph in spec.graphs:
+                if self._fp16_chosen(spec, graph, directory, version, sessions):
+                    precision[graph.file] = "fp16"
         loaded = LoadedVersion(
             version=version,
             directory=directory,
             sessions=sessions,
             provider=self.options.provider,
             warmup_seconds=time.perf_counter() - started,
+            precision=precision,
         )
         logger.info(
-            "loaded %s v%d on %s (warm-up at %s px: %.0f ms)",
+            "loaded %s v%d on %s in %s (warm-up at %s px: %.0f ms)",
             spec.name,
             version,
             loaded.provider,
+            ", ".join(f"{file} {p}" for file, p in precision.items()),
             "/".join(map(str, self.warmup_sides)),
             loaded.warmup_seconds * 1e3,
         )
         return loaded
+
+    def _fp16_chosen(
+        self, spec: ModelSpec, graph: GraphSpec, directory: Path, version: int, sessions: dict[str, Session]
+    ) -> bool:
+        """Build, warm and measure the fp16 variant of one graph; put it in `sessions` if it is chosen."""
+        candidate = create_session(fp16.fp16_graph(directory / graph.file), self.options)
+        for side in self.warmup_sides:
+            candidate.run(None, graph_feeds(graph, side))
+        check = graph_feeds(graph, min(self.warmup_sides), np.random.default_rng(0))
+        timed = graph_feeds(graph, max(self.warmup_sides), np.random.default_rng(1))
+        choice = fp16.choose(self.options.fp16, sessions[graph.file], candidate, check, timed)
+        logger.info(
+            "%s v%d %s: %s (%s; fp32 %.1f ms, fp16 %.1f ms at %d px, largest difference %.2g)",
+            spec.name,
+            version,
+            graph.file,
+            choice.precision,
+            choice.reason,
+            choice.fp32_ms,
+            choice.fp16_ms,
+            max(self.warmup_sides),
+            choice.max_error,
+        )
+        if choice.precision == "fp16":
+            sessions[graph.file] = candidate
+        return choice.precision == "fp16"
 
     def models(self) -> list[LoadedModel]:
         models = self._models
@@ -159,13 +201,23 @@ class ModelRegistry:
         return model, model.versions[version]
 
 
-def warm_up(spec: ModelSpec, sessions: dict[str, ort.InferenceSession], side: int) -> None:
+def warm_up(spec: ModelSpec, sessions: dict[str, Session], side: int) -> None:
     """Run each graph once at side x side so the first request does not pay for allocation and kernel choice."""
     for graph in spec.graphs:
-        session = sessions[graph.file]
-        feeds = {}
-        for tensor in graph.inputs:
-            shape = [side if d in ("height", "width") else 1 if isinstance(d, str) else d for d in tensor.shape]
-            value = 1.0 / shape[-1] if tensor.name == "style_weights" else 0.5
-            feeds[tensor.name] = np.full(shape, value, dtype=np.float32)
-        session.run(None, feeds)
+        sessions[graph.file].run(None, graph_feeds(graph, side))
+
+
+def graph_feeds(graph: GraphSpec, side: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """Inputs for a graph at side x side: constant, or uniform in [0, 1) from `rng` (blend weights sum to 1)."""
+    feeds = {}
+    for tensor in graph.inputs:
+        shape = [side if d in ("height", "width") else 1 if isinstance(d, str) else d for d in tensor.shape]
+        if tensor.name == "style_weights":
+            feeds[tensor.name] = np.full(shape, 1.0 / shape[-1], dtype=np.float32)
+        elif tensor.name == "strength":
+            feeds[tensor.name] = np.ones(shape, dtype=np.float32)
+        elif rng is None:
+            feeds[tensor.name] = np.full(shape, 0.5, dtype=np.float32)
+        else:
+            feeds[tensor.name] = rng.random(shape, dtype=np.float32)
+    return feeds

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 logger = logging.getLogger(__name__)
@@ -34,6 +37,10 @@ class RuntimeOptions:
     cudnn_conv_algo_search: str = "HEURISTIC"  # EXHAUSTIVE benchmarks every new shape: seconds per new size
     gpu_mem_limit_bytes: int = 0  # 0: no limit
     cuda_device_id: int = 0
+    # After each run, give back the arena memory the run grew beyond the first chunk: less memory held
+    # between large images, page faults (CPU) or cudaMalloc (CUDA) on the next large one.
+    arena_shrinkage: bool = False
+    fp16: str = "off"  # fp16 variants of the graphs (server/fp16.py): off | auto | measure | always
 
     @property
     def provider(self) -> str:
@@ -79,7 +86,24 @@ _OPTIMIZATION = {
 }
 
 
-def create_session(model: Path | bytes, options: RuntimeOptions) -> ort.InferenceSession:
+class Session:
+    """An ONNX Runtime session whose every run carries the configured run options (arena shrinkage)."""
+
+    def __init__(self, session: ort.InferenceSession, options: RuntimeOptions) -> None:
+        self.inner = session
+        self.run_options = ort.RunOptions()
+        if options.arena_shrinkage:
+            arena = f"gpu:{options.cuda_device_id}" if options.device == "cuda" else "cpu:0"
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", arena)
+
+    def run(self, output_names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+        return list(self.inner.run(output_names, dict(feeds), self.run_options))
+
+    def get_providers(self) -> list[str]:
+        return list(self.inner.get_providers())
+
+
+def create_session(model: Path | bytes, options: RuntimeOptions) -> Session:
     """A session (from a file or serialised graph) on the resolved provider; ProviderUnavailable if ONNX Runtime
     fell back to another one."""
     session_options = ort.SessionOptions()
@@ -112,4 +136,4 @@ def create_session(model: Path | bytes, options: RuntimeOptions) -> ort.Inferenc
     if active[0] != options.provider:
         where = "a derived graph" if isinstance(model, bytes) else str(model)
         raise ProviderUnavailable(f"{where}: asked for {options.provider}, ONNX Runtime started {active[0]}")
-    return session
+    return Session(session, options)

@@ -127,6 +127,7 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
                         preset=model.spec.preset,
                         description=model.spec.description,
                         loss_weights=model.spec.loss_weights(newest.version),
+                        precision=newest.precision,
                     )
                 )
             for name, reason in sorted(self.registry.failures.items()):

@@ -43,6 +43,9 @@ def test_list_models_reports_family_styles_versions_and_provider(client: Stylize
     assert list(model.versions) == [1]
     assert model.provider == "CPUExecutionProvider"
     assert model.preset == "fast" and model.loss_weights == "random:0"
+    # STYLIZE_FP16=auto measures fp16 variants on CUDA only.
+    assert dict(model.precision) == {"model.onnx": "fp32"}
+    assert dict(models["adain"].precision) == {"model.onnx": "fp32", "style_encoder.onnx": "fp32"}
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])

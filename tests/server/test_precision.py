@@ -1,0 +1,109 @@
+"""fp16 graph variants (server/fp16.py) and arena shrinkage (server/runtime.py), on real sessions.
+
+Which precision a GPU runs faster cannot be produced on this CPU, so the tests
+of the choice slow one real session down by a set delay; everything else is
+the real conversion, real ONNX Runtime sessions and the real registry.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from server import fp16
+from server.registry import ModelRegistry, graph_feeds
+from server.runtime import RuntimeOptions, Session, create_session
+
+ROOT = Path(__file__).resolve().parents[2]
+CPU = RuntimeOptions(device="cpu")
+
+
+class Delayed:
+    """A real session that takes `delay` seconds longer, or answers `offset` off: stands in for a GPU."""
+
+    def __init__(self, session: Session, delay: float = 0.0, offset: float = 0.0) -> None:
+        self.session, self.delay, self.offset = session, delay, offset
+
+    def run(self, output_names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+        time.sleep(self.delay)
+        return [np.asarray(out) + np.float32(self.offset) for out in self.session.run(output_names, feeds)]
+
+
+@pytest.fixture(scope="module")
+def tiny_sessions(model_repo: Path) -> tuple[Session, Session, dict[str, np.ndarray]]:
+    path = model_repo / "tiny" / "1" / "model.onnx"
+    feeds = {"image": np.random.default_rng(0).random((1, 3, 40, 56), dtype=np.float32)}
+    return create_session(path, CPU), create_session(fp16.fp16_graph(path), CPU), feeds
+
+
+def test_every_family_has_an_fp16_variant_that_matches_fp32(model_repo: Path) -> None:
+    fp32 = ModelRegistry(model_repo, CPU, warmup_sides=(32,))
+    half = ModelRegistry(model_repo, RuntimeOptions(device="cpu", fp16="always"), warmup_sides=(32,))
+    fp32.load_all()
+    half.load_all()
+    assert [m.name for m in half.models()] == ["adain", "tiny", "trio"] and not half.failures
+    for model in half.models():
+        version = model.newest
+        assert set(version.precision.values()) == {"fp16"}, model.name
+        for graph in model.spec.graphs:
+            feeds = graph_feeds(graph, 48, np.random.default_rng(2))
+            expected = fp32.get(model.name)[1].sessions[graph.file].run(None, feeds)[0]
+            got = version.sessions[graph.file].run(None, feeds)[0]
+            assert got.dtype == np.float32 and got.shape == expected.shape  # callers see no difference
+            assert np.abs(got - expected).max() < fp16.MAX_ERROR, (model.name, graph.file)
+
+
+def test_the_variant_is_kept_only_where_it_measures_faster(tiny_sessions: tuple[Session, Session, Any]) -> None:
+    fp32, half, feeds = tiny_sessions
+    faster = fp16.choose("measure", Delayed(fp32, delay=0.05), half, feeds, feeds)  # type: ignore[arg-type]
+    assert faster.precision == "fp16" and faster.reason == "faster" and faster.fp16_ms < faster.fp32_ms
+    slower = fp16.choose("measure", fp32, Delayed(half, delay=0.05), feeds, feeds)  # type: ignore[arg-type]
+    assert slower.precision == "fp32" and "not 5% faster" in slower.reason and slower.fp16_ms > slower.fp32_ms
+    always = fp16.choose("always", fp32, Delayed(half, delay=0.05), feeds, feeds)  # type: ignore[arg-type]
+    assert always.precision == "fp16"
+
+
+def test_a_variant_that_differs_from_fp32_is_refused(tiny_sessions: tuple[Session, Session, Any]) -> None:
+    fp32, half, feeds = tiny_sessions
+    choice = fp16.choose("always", fp32, Delayed(half, offset=0.1), feeds, feeds)  # type: ignore[arg-type]
+    assert choice.precision == "fp32" and "differs by 0.1" in choice.reason
+
+
+def test_auto_measures_on_cuda_only() -> None:
+    assert not fp16.wanted(RuntimeOptions(device="cpu", fp16="auto"))
+    assert fp16.wanted(RuntimeOptions(device="cuda", fp16="auto"))
+    assert fp16.wanted(RuntimeOptions(device="cpu", fp16="measure"))
+    assert not fp16.wanted(RuntimeOptions(device="cuda", fp16="off"))
+
+
+# The bundled fast model at 1536 px, then at 64 px: the arena holds what the large run needed unless
+# it shrinks after each run. Prints the process's RSS in MiB after the small runs.
+ARENA = """
+import os, sys
+import numpy as np
+from server.runtime import RuntimeOptions, create_session
+session = create_session(
+    "models/great_wave/1/model.onnx", RuntimeOptions(device="cpu", arena_shrinkage=sys.argv[1] == "1")
+)
+for side in (64, 1536, 64, 64):
+    session.run(None, {"image": np.full((1, 3, side, side), 0.5, np.float32)})
+print(int(open(f"/proc/{os.getpid()}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20)
+"""
+
+
+def test_arena_shrinkage_gives_back_what_a_large_image_needed() -> None:
+    def rss_mib(shrink: bool) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", ARENA, "1" if shrink else "0"], cwd=ROOT, check=True, capture_output=True, text=True
+        )
+        return int(run.stdout.split()[-1])
+
+    held, shrunk = rss_mib(False), rss_mib(True)
+    assert held - shrunk > 200, (held, shrunk)  # the 1536 px run's activations: about 500 MiB
