@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ["bench.codec", "bench.presets", "bench.serving", "bench.batching", "bench.gatys", "bench.gatys_stability"]
+BENCHMARKS = [
+    "bench.codec",
+    "bench.presets",
+    "bench.serving",
+    "bench.batching",
+    "bench.gpu_serving",
+    "bench.gatys",
+    "bench.gatys_stability",
+]
 
 
 def main() -> None:
