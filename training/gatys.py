@@ -160,10 +160,18 @@ class LossNetwork(nn.Module):
 
     It shares the convolutions of the `VGGFeatures` it is cut from, so a worker loads
     each network once and every job takes the slice it needs for free (converting it
-    to channels-last converts those shared weights, harmlessly, once).
+    to channels-last converts those shared weights, harmlessly, once); bf16 jobs share
+    bf16 copies of them, made on the first such job (`VGGFeatures.layers_in`).
     """
 
-    def __init__(self, vgg: VGGFeatures, layers: Sequence[str], pooling: str, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        vgg: VGGFeatures,
+        layers: Sequence[str],
+        pooling: str,
+        channels_last: bool = False,
+        weights_dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.channels_last = channels_last
         last = deepest(vgg.arch, layers)
@@ -172,7 +180,7 @@ class LossNetwork(nn.Module):
         names = vgg.names[: vgg.names.index(last) + 1]
         wanted = set(layers)
         modules: list[nn.Module] = []
-        for name, module in zip(names, vgg.layers, strict=False):
+        for name, module in zip(names, vgg.layers_in(weights_dtype), strict=False):
             if name.startswith("pool"):
                 module = nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2)
             elif name.startswith("relu") and modules and names[len(modules) - 1] not in wanted:
@@ -305,7 +313,9 @@ def optimize(
     # bench/gatys.py's set-up) and cuDNN's for reduced precision. The optimised image stays NCHW, which
     # torch's L-BFGS needs (it flattens gradients with view()).
     channels_last = device.type == "cpu" or config.precision == "bf16"
-    net = LossNetwork(network, [*config.content_layers, *config.style_layers], config.pooling, channels_last)
+    weights_dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    layers = [*config.content_layers, *config.style_layers]
+    net = LossNetwork(network, layers, config.pooling, channels_last, weights_dtype)
     net = net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
 
     run.source = content.unsqueeze(0).to(device)  # (1, 3, H, W), full colour, kept for colour preservation

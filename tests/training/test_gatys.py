@@ -200,6 +200,20 @@ def test_the_network_is_cut_after_the_deepest_layer_and_shares_weights() -> None
     assert set(out) == {"relu1_1", "relu3_1"} and out["relu3_1"].shape == (1, 256, 8, 8)
 
 
+def test_bf16_networks_share_weights_cast_once_with_autocast_s_values() -> None:
+    vgg, _ = load_vgg("vgg19", ["relu3_1"], weights="random:0")
+    cast_by_autocast = LossNetwork(vgg, ["relu1_1", "relu3_1"], "max")
+    precast = LossNetwork(vgg, ["relu1_1", "relu3_1"], "max", weights_dtype=torch.bfloat16)
+    again = LossNetwork(vgg, ["relu2_1"], "max", weights_dtype=torch.bfloat16)
+    assert precast.layers[0].weight.dtype == torch.bfloat16 and vgg.layers[0].weight.dtype == torch.float32
+    assert again.layers[0] is precast.layers[0]  # one copy per network, made once
+    x = torch.rand(1, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = cast_by_autocast(x), precast(x)
+    for layer in expected:
+        assert torch.equal(expected[layer], got[layer]), layer
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
