@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from bench.common import table, write_result
+from bench.common import table, time_calls, write_result
 from server.codec import rgb_to_nchw
 from server.fp16 import fp16_graph
 from server.runtime import CUDA, RuntimeOptions, Session, create_session, cuda_device_count
@@ -53,14 +52,7 @@ def sessions(graph: Path) -> dict[str, Session]:
 
 
 def median_ms(call: Callable[[], object], rounds: int) -> float:
-    for _ in range(3):  # cuDNN's algorithm choice, the arena
-        call()
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e3
+    return statistics.median(time_calls(call, rounds, warmup=3)) * 1e3  # warm-up: cuDNN's choices, the arena
 
 
 def on_device_ms(session: Session, feeds: dict[str, np.ndarray], rounds: int) -> float:
