@@ -161,13 +161,20 @@ class ModelRegistry:
     def _fp16_chosen(
         self, spec: ModelSpec, graph: GraphSpec, directory: Path, version: int, sessions: dict[str, Session]
     ) -> bool:
-        """Build, warm and measure the fp16 variant of one graph; put it in `sessions` if it is chosen."""
-        candidate = create_session(fp16.fp16_graph(directory / graph.file), self.options)
-        for side in self.warmup_sides:
-            candidate.run(None, graph_feeds(graph, side))
-        check = graph_feeds(graph, min(self.warmup_sides), np.random.default_rng(0))
-        timed = graph_feeds(graph, max(self.warmup_sides), np.random.default_rng(1))
-        choice = fp16.choose(self.options.fp16, sessions[graph.file], candidate, check, timed)
+        """Build, warm and measure the fp16 variant of one graph; put it in `sessions` if it is chosen.
+        A variant that cannot be built or run leaves the graph in fp32: it never costs the model."""
+        try:
+            candidate = create_session(fp16.fp16_graph(directory / graph.file), self.options)
+            for side in self.warmup_sides:
+                candidate.run(None, graph_feeds(graph, side))
+            check = graph_feeds(graph, min(self.warmup_sides), np.random.default_rng(0))
+            timed = graph_feeds(graph, max(self.warmup_sides), np.random.default_rng(1))
+            choice = fp16.choose(self.options.fp16, sessions[graph.file], candidate, check, timed)
+        except Exception as exc:  # the converter and ONNX Runtime raise several types of their own
+            logger.warning(
+                "%s v%d %s: fp32 (no fp16 variant: %s: %s)", spec.name, version, graph.file, type(exc).__name__, exc
+            )
+            return False
         logger.info(
             "%s v%d %s: %s (%s; fp32 %.1f ms, fp16 %.1f ms at %d px, largest difference %.2g)",
             spec.name,

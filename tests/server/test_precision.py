@@ -60,6 +60,19 @@ def test_every_family_has_an_fp16_variant_that_matches_fp32(model_repo: Path) ->
             assert np.abs(got - expected).max() < fp16.MAX_ERROR, (model.name, graph.file)
 
 
+def test_a_variant_that_cannot_be_built_leaves_the_model_in_fp32(
+    model_repo: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(path: Path) -> bytes:  # a converter that fails, as on an operator it does not know
+        raise ValueError(f"cannot convert {path.name}")
+
+    monkeypatch.setattr(fp16, "fp16_graph", broken)
+    registry = ModelRegistry(model_repo, RuntimeOptions(device="cpu", fp16="always"), warmup_sides=(32,))
+    registry.load_all()
+    assert not registry.failures and registry.get("tiny")[1].precision == {"model.onnx": "fp32"}
+    assert "no fp16 variant: ValueError: cannot convert model.onnx" in caplog.text
+
+
 def test_the_variant_is_kept_only_where_it_measures_faster(tiny_sessions: tuple[Session, Session, Any]) -> None:
     fp32, half, feeds = tiny_sessions
     faster = fp16.choose("measure", Delayed(fp32, delay=0.05), half, feeds, feeds)  # type: ignore[arg-type]
