@@ -32,7 +32,7 @@ from PIL import Image
 from bench.common import table, time_calls, write_result
 from server.codec import rgb_to_nchw
 from server.fp16 import fp16_graph
-from server.runtime import CUDA, RuntimeOptions, Session, create_session, cuda_device_count
+from server.runtime import RuntimeOptions, Session, create_session, why_no_cuda
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -111,10 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=50)
     args = parser.parse_args(argv)
-    count, why_not = cuda_device_count()
-    if CUDA not in ort.get_available_providers():
-        count, why_not = 0, f"this onnxruntime build has no {CUDA}"
-    if not count:
+    why_not = why_no_cuda()
+    if why_not:
         print(f"bench.gpu_serving: skipped, no CUDA device ({why_not})")
         return
     results: dict[str, Any] = {"device": device_name()}

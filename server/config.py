@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEVICES = ("auto", "cpu", "cuda")
+FP16_MODES = ("off", "auto", "measure", "always")  # server/fp16.py
 
 
 def _setting(default: object, help: str) -> typing.Any:
@@ -38,7 +39,7 @@ class ServerConfig:
     max_message_bytes: int = _setting(32 << 20, "largest request or response message")
     max_rpcs: int = _setting(64, "calls of any kind open at once (streams included); more get RESOURCE_EXHAUSTED")
     max_pixels: int = _setting(16_777_216, "largest input image in pixels (width x height), checked before decoding")
-    png_compress_level: int = _setting(1, "deflate level of PNG responses (ISA-L, 0-3; 1: 14 ms for 1 MP)")
+    png_compress_level: int = _setting(1, "deflate level of PNG responses (ISA-L, 0-3; 1: 10 ms for 1 MP)")
     malloc_keep_mib: int = _setting(
         256, "free memory glibc's malloc keeps for the next request, MiB per arena (0: its defaults; allocator.py)"
     )
@@ -119,8 +120,8 @@ class ServerConfig:
             raise ValueError("tile_halo must be a non-negative multiple of 8 and tile_pixels at least 4096")
         if self.graph_optimization not in ("basic", "extended", "all"):
             raise ValueError("graph_optimization must be basic, extended or all")
-        if self.fp16 not in ("off", "auto", "measure", "always"):
-            raise ValueError(f"fp16 must be off, auto, measure or always, not {self.fp16!r}")
+        if self.fp16 not in FP16_MODES:
+            raise ValueError(f"fp16 must be one of {FP16_MODES}, not {self.fp16!r}")
         if self.cudnn_conv_algo_search not in ("HEURISTIC", "EXHAUSTIVE", "DEFAULT"):
             raise ValueError("cudnn_conv_algo_search must be HEURISTIC, EXHAUSTIVE or DEFAULT")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -32,7 +32,6 @@ from server.runtime import RuntimeOptions, Session
 
 logger = logging.getLogger(__name__)
 
-MODES = ("off", "auto", "measure", "always")
 MAX_ERROR = 0.02  # largest difference allowed on outputs in [0, 1]; the bundled models give about 1e-3
 FASTER = 0.95  # the variant must take at most this fraction of fp32's time
 TIMED_RUNS = 3  # per precision, alternating; the fastest of each counts

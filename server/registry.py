@@ -137,8 +137,9 @@ class ModelRegistry:
         precision = {graph.file: "fp32" for graph in spec.graphs}
         if fp16.wanted(self.options):
             for graph in spec.graphs:
-                if self._fp16_chosen(spec, graph, directory, version, sessions):
-                    precision[graph.file] = "fp16"
+                variant = self._fp16_variant(spec, graph, directory, version, sessions[graph.file])
+                if variant is not None:
+                    sessions[graph.file], precision[graph.file] = variant, "fp16"
         loaded = LoadedVersion(
             version=version,
             directory=directory,
@@ -158,10 +159,10 @@ class ModelRegistry:
         )
         return loaded
 
-    def _fp16_chosen(
-        self, spec: ModelSpec, graph: GraphSpec, directory: Path, version: int, sessions: dict[str, Session]
-    ) -> bool:
-        """Build, warm and measure the fp16 variant of one graph; put it in `sessions` if it is chosen.
+    def _fp16_variant(
+        self, spec: ModelSpec, graph: GraphSpec, directory: Path, version: int, fp32: Session
+    ) -> Session | None:
+        """Build, warm and measure the fp16 variant of one graph; the variant if it is chosen, else None.
         A variant that cannot be built or run leaves the graph in fp32: it never costs the model."""
         try:
             candidate = create_session(fp16.fp16_graph(directory / graph.file), self.options)
@@ -169,12 +170,12 @@ class ModelRegistry:
                 candidate.run(None, graph_feeds(graph, side))
             check = graph_feeds(graph, min(self.warmup_sides), np.random.default_rng(0))
             timed = graph_feeds(graph, max(self.warmup_sides), np.random.default_rng(1))
-            choice = fp16.choose(self.options.fp16, sessions[graph.file], candidate, check, timed)
+            choice = fp16.choose(self.options.fp16, fp32, candidate, check, timed)
         except Exception as exc:  # the converter and ONNX Runtime raise several types of their own
             logger.warning(
                 "%s v%d %s: fp32 (no fp16 variant: %s: %s)", spec.name, version, graph.file, type(exc).__name__, exc
             )
-            return False
+            return None
         logger.info(
             "%s v%d %s: %s (%s; fp32 %.1f ms, fp16 %.1f ms at %d px, largest difference %.2g)",
             spec.name,
@@ -187,9 +188,7 @@ class ModelRegistry:
             max(self.warmup_sides),
             choice.max_error,
         )
-        if choice.precision == "fp16":
-            sessions[graph.file] = candidate
-        return choice.precision == "fp16"
+        return candidate if choice.precision == "fp16" else None
 
     def models(self) -> list[LoadedModel]:
         models = self._models

@@ -61,17 +61,21 @@ def cuda_device_count() -> tuple[int, str]:
     return count.value, ""
 
 
+def why_no_cuda() -> str:
+    """Why ONNX Runtime cannot run on CUDA here; empty where it can."""
+    if CUDA not in ort.get_available_providers():
+        return f"this onnxruntime build has no {CUDA} (install onnxruntime-gpu)"
+    return cuda_device_count()[1]
+
+
 def resolve_device(requested: str) -> str:
     """'auto' | 'cpu' | 'cuda' -> 'cpu' or 'cuda', logging the choice and its reason."""
     if requested == "cpu":
         logger.info("execution provider: %s (asked for)", CPU)
         return "cpu"
-    count, why_not = cuda_device_count()
-    if CUDA not in ort.get_available_providers():
-        why_not = f"this onnxruntime build has no {CUDA} (install onnxruntime-gpu)"
-        count = 0
-    if count:
-        logger.info("execution provider: %s (%d CUDA device(s))", CUDA, count)
+    why_not = why_no_cuda()
+    if not why_not:
+        logger.info("execution provider: %s (%d CUDA device(s))", CUDA, cuda_device_count()[0])
         return "cuda"
     if requested == "cuda":
         raise ProviderUnavailable(f"STYLIZE_DEVICE=cuda, but CUDA cannot start: {why_not}. Use auto or cpu.")
@@ -98,9 +102,6 @@ class Session:
 
     def run(self, output_names: list[str] | None, feeds: Mapping[str, np.ndarray]) -> list[Any]:
         return list(self.inner.run(output_names, dict(feeds), self.run_options))
-
-    def get_providers(self) -> list[str]:
-        return list(self.inner.get_providers())
 
 
 def create_session(model: Path | bytes, options: RuntimeOptions) -> Session:

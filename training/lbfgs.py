@@ -6,7 +6,7 @@ step taken whole and the image clamped to [0, 1] after it. On this non-convex
 objective that loop sometimes diverges: in `python -m bench.gatys_stability`
 (five Kodak photo and painting pairs, 100 iterations at 256 px) its loss rose
 above 1.2x the best so far 0 to 24 times per pair, up to 95x, and on two pairs the
-image it ended with scored 34x and 900x worse than its best one.
+image it ended with scored 34x and 920x worse than its best one.
 
 `GuardedLBFGS` is that loop with three changes:
   - a step whose loss exceeds `max_rise` times the best loss so far is undone:

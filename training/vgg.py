@@ -56,6 +56,7 @@ class VGGFeatures(nn.Module):
                 # Gatys et al. 2015 found average pooling gives slightly smoother results.
                 layers.append(nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2))
         self.layers = nn.Sequential(*layers)
+        self._layers_in: dict[torch.dtype, list[nn.Module]] = {}  # layers_in()'s copies
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -79,16 +80,16 @@ class VGGFeatures(nn.Module):
 
         For bf16 runs. Autocast caches the casts only of weights that need a gradient, so a
         loss network's frozen fp32 weights were cast again on every forward: 4% of a bf16
-        evaluation at 256 px. Same values as autocast's casts, so same results.
+        evaluation at 256 px. Same values as autocast's casts, so same results. Call it after
+        the weights are loaded: the copies do not follow later changes.
         """
         if dtype == torch.float32:
             return list(self.layers)
-        cache: dict[torch.dtype, list[nn.Module]] = self.__dict__.setdefault("_layers_in", {})
-        if dtype not in cache:
-            cache[dtype] = [
+        if dtype not in self._layers_in:
+            self._layers_in[dtype] = [
                 copy.deepcopy(layer).to(dtype) if isinstance(layer, nn.Conv2d) else layer for layer in self.layers
             ]
-        return cache[dtype]
+        return self._layers_in[dtype]
 
     def load_torchvision_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a torchvision VGG state dict (`features.<index>.weight`), keeping our truncation."""
