@@ -315,8 +315,11 @@ def test_queue_metrics_on_the_replicas_and_job_metrics_on_the_workers(cluster: C
     done = [a.submit_optimization(job_request()) for _ in range(3)]
     for job in done:
         wait_for(a, job.id, lambda j: j.state in FINAL)
-    deadline = time.monotonic() + 10  # the replicas read the queue from Redis once a second
-    while "stylize_jobs_oldest_queued_seconds 0.0" not in (text := scrape(cluster.replicas[1].metrics_url)):
+    # The replicas read the queue from Redis once a second; a reading taken while the last job ran shows an
+    # empty queue (oldest 0) with one job running, so wait for every gauge.
+    settled = ("stylize_jobs_oldest_queued_seconds 0.0", "stylize_jobs_queued 0.0", "stylize_jobs_running 0.0")
+    deadline = time.monotonic() + 10
+    while not all(line in (text := scrape(cluster.replicas[1].metrics_url)) for line in settled):
         assert time.monotonic() < deadline, text
         time.sleep(0.2)
     assert "stylize_jobs_queued 0.0" in text and "stylize_jobs_running 0.0" in text
