@@ -315,15 +315,20 @@ def test_queue_metrics_on_the_replicas_and_job_metrics_on_the_workers(cluster: C
     done = [a.submit_optimization(job_request()) for _ in range(3)]
     for job in done:
         wait_for(a, job.id, lambda j: j.state in FINAL)
-    # The replicas read the queue from Redis once a second; a reading taken while the last job ran shows an
-    # empty queue (oldest 0) with one job running, so wait for every gauge.
+    # The replicas read the queue from Redis once a second, so wait for every gauge: a reading taken while the
+    # last job ran shows an empty queue (oldest 0) with one job running, and one taken before the newest
+    # worker's first heartbeat counts one live worker (a killed one counts until its heartbeat is 30 s old).
     settled = ("stylize_jobs_oldest_queued_seconds 0.0", "stylize_jobs_queued 0.0", "stylize_jobs_running 0.0")
+
+    def reported(text: str) -> bool:
+        return all(line in text for line in settled) and value(text, "stylize_job_queue_workers") >= 2
+
     deadline = time.monotonic() + 10
-    while not all(line in (text := scrape(cluster.replicas[1].metrics_url)) for line in settled):
+    while not reported(text := scrape(cluster.replicas[1].metrics_url)):
         assert time.monotonic() < deadline, text
         time.sleep(0.2)
     assert "stylize_jobs_queued 0.0" in text and "stylize_jobs_running 0.0" in text
-    assert value(text, "stylize_job_queue_workers") >= 2  # a killed worker counts until its heartbeat is 30 s old
+    assert value(text, "stylize_job_queue_workers") >= 2  # the two live workers
     assert value(scrape(cluster.replicas[0].metrics_url), "stylize_jobs_submitted_total") >= len(done)  # by A alone
     live = [w for w in cluster.workers if w.process.poll() is None]
     texts = [scrape(w.metrics_url) for w in live]
