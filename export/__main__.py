@@ -35,7 +35,17 @@ from training import loop
 
 logger = logging.getLogger("export")
 
-PROVENANCE_KEYS = ("loss_weights", "loss_network", "data", "config", "command", "code_version", "step")
+PROVENANCE_KEYS = (
+    "loss_weights",
+    "loss_network",
+    "data",
+    "config",
+    "model_config",
+    "command",
+    "code_version",
+    "step",
+    "seconds",
+)
 
 
 @dataclass(frozen=True)

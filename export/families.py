@@ -102,7 +102,7 @@ def plan_arbitrary(checkpoint: dict[str, Any]) -> ExportPlan:
         spec=GraphSpec(
             "style_encoder.onnx",
             [tensor("style", IMAGE, "style image, RGB in [0, 1]")],
-            [tensor("style_stats", stats_shape, "[mean, std] of VGG-19 relu4_1 per channel")],
+            [tensor("style_stats", stats_shape, "[mean, std] of the encoder VGG's relu4_1 per channel")],
         ),
         fp16_storage=True,
     )

@@ -52,7 +52,9 @@ class ServerConfig:
     job_retention_seconds: float = _setting(3600.0, "how long finished jobs (and results) stay readable")
     job_update_interval_seconds: float = _setting(0.1, "WatchJob sends at most one update per interval (0: every)")
     worker_start_timeout_seconds: float = _setting(300.0, "how long a worker may take to load its loss network")
-    loss_weights: str = _setting("imagenet", "the workers' VGG weights: imagenet (hub cache), a file, or random:SEED")
+    loss_weights: str = _setting(
+        "keras-vgg16", "the workers' VGG weights: keras-vgg16 (make weights), torchvision, a file, or random:SEED"
+    )
     job_precision: str = _setting("fp32", "the workers' arithmetic: fp32 | bf16 (on GPUs and AVX512-BF16/AMX CPUs)")
     # Distributed queue (STYLIZE_QUEUE; server/jobs/distributed.py, queue_worker.py).
     job_max_attempts: int = _setting(2, "times a job may start: when its worker has died that often, it ends FAILED")

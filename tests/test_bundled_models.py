@@ -37,7 +37,7 @@ def test_versions_carry_provenance_and_their_files_match(model_dir: Path) -> Non
     for version in versions:
         info = spec.versions[version]
         provenance = info.provenance
-        assert provenance["loss_weights"].startswith(("random:", "imagenet:"))
+        assert provenance["loss_weights"].startswith(("random:", "imagenet:", "keras-vgg16:"))
         assert provenance["loss_network"]["arch"] in ("vgg16", "vgg19")
         assert provenance["command"] and provenance["code_version"] and provenance["config"]
         assert provenance["data"]["content_dir"]

@@ -74,9 +74,11 @@ class GatysConfig:
     learning_rate: float = field(default=10 / 255, metadata={"help": "Adam's step size"})
     lbfgs_history: int = field(default=100, metadata={"help": "L-BFGS memory (neural-style and torch use 100)"})
     pooling: str = field(default="max", metadata={"help": "max | avg (Gatys et al. 2016 prefer avg; neural-style max)"})
-    loss_network: str = field(default="vgg19", metadata={"help": "vgg19 (Gatys et al.) | vgg16"})
-    loss_weights: str = field(default="imagenet", metadata={"help": "imagenet, a weights file, or random:SEED"})
-    allow_download: bool = field(default=False, metadata={"help": "allow downloading the ImageNet weights"})
+    loss_network: str = field(default="vgg16", metadata={"help": "vgg16 (keras-vgg16 weights) | vgg19 (Gatys et al.)"})
+    loss_weights: str = field(
+        default="keras-vgg16", metadata={"help": "keras-vgg16, torchvision, a torchvision file, or random:SEED"}
+    )
+    allow_download: bool = field(default=False, metadata={"help": "allow fetching the weights source's file"})
     preserve_color: bool = field(
         default=False, metadata={"help": "luminance-only transfer, the content's colours kept (Gatys et al. 2016b)"}
     )
