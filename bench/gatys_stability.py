@@ -21,7 +21,7 @@ import os
 import torch
 
 from bench.common import table, write_result
-from server.codec import load_image_file
+from core.codec import load_image_file
 from training.gatys import GatysConfig, LossNetwork, _Objective, optimize, resize_long_side, to_tensor
 from training.vgg import load_vgg
 

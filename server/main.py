@@ -28,7 +28,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from server import codec, metrics
+from core import codec
+from server import metrics
 from server.admission import Admission
 from server.auth import TokenInterceptor, check_binding, load_tokens, server_credentials
 from server.config import ServerConfig

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from server import codec, imageops, metrics
+from core import codec, imageops
+from core.codec import OutputFormat
+from server import metrics
 from server.batching import Batcher, shape_key, unbatched
-from server.codec import OutputFormat
 from server.errors import InvalidRequest
 from server.registry import LoadedModel, LoadedVersion
 from server.runtime import RuntimeOptions, create_session

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 import grpc
 
+from core.codec import OutputFormat
 from server import metrics, validation
 from server.admission import Admission
-from server.codec import OutputFormat
 from server.config import ServerConfig
 from server.errors import Draining, status_for
 from server.jobs import convert

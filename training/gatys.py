@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from server.imageops import LUMA, preserve_color
+from core.imageops import LUMA, preserve_color
 from training.lbfgs import GuardedLBFGS
 from training.loop import pick_device
 from training.losses import content_loss, gram_matrix, style_loss, total_variation
@@ -466,7 +466,7 @@ class GatysCommand(GatysConfig):
 def main(argv: Sequence[str] | None = None) -> None:
     from tqdm import tqdm
 
-    from server.codec import encode_image, load_image_file
+    from core.codec import encode_image, load_image_file
     from training.config import parse_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -479,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def write(path: Path, image: torch.Tensor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-        from server.codec import OutputFormat
+        from core.codec import OutputFormat
 
         path.write_bytes(encode_image(to_rgb8(image), fmt=OutputFormat.JPEG if jpeg else OutputFormat.PNG))
 

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 
 import torch
 
-from server import codec
+from core import codec
 from server.jobs.model import (
     CancelJob,
     JobFinished,

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from client import StylizeClient
-from server.codec import nchw_to_rgb, rgb_to_nchw
+from core.codec import nchw_to_rgb, rgb_to_nchw
 from tests.conftest import CONTENT_DIR, RunningServer, encode, photo, start_server, stop_server
 
 
