@@ -18,7 +18,7 @@ help:
 	@echo "make test     lint and the whole test suite (what .ci/run calls)"
 	@echo "make worker   a Gatys worker in the foreground (STYLIZE_QUEUE=redis://... for the distributed queue)"
 	@echo "make models   retrain and re-export the bundled models (hours on a CPU)"
-	@echo "make bench    the benchmarks in bench/, results in bench/results/"
+	@echo "make bench    the benchmarks in bench/, results in bench/results/;  make gallery: the README's pictures"
 	@echo "make lint     ruff and mypy;  make protos: regenerate stylize/v1 from protos/"
 	@echo "make fuzz     the decoder and request validation under 50,000 generated inputs"
 
@@ -72,6 +72,10 @@ models: $(GENERATED)
 
 bench: $(GENERATED)
 	$(PY) -m bench
+
+# The README's pictures, through the serving pipeline (bench/gallery.py).
+gallery: $(GENERATED)
+	$(PY) -m bench.gallery
 
 clean:
 	rm -rf stylize .pytest_cache .ruff_cache .mypy_cache

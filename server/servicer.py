@@ -23,7 +23,6 @@ import grpc
 from core.codec import OutputFormat
 from server import metrics, validation
 from server.admission import Admission
-from server.config import ServerConfig
 from server.errors import Draining, status_for
 from server.jobs import convert
 from server.jobs.service import JobService
@@ -55,14 +54,12 @@ class Call:
 class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
     def __init__(
         self,
-        config: ServerConfig,
         registry: ModelRegistry,
         admission: Admission,
         executor: ThreadPoolExecutor,
         jobs: JobService,
         engine: Engine,
     ) -> None:
-        self.config = config
         self.jobs = jobs
         self.engine = engine
         self.registry = registry

@@ -368,9 +368,9 @@ def test_redis_away_makes_jobs_unavailable_and_both_come_back(
 
 
 def test_queue_settings_come_from_the_environment_and_are_checked() -> None:
-    from server.config import load_config
+    from server.config import load_worker_config
 
-    config = load_config(
+    config = load_worker_config(
         [],
         environ={
             "STYLIZE_QUEUE": "redis://:secret@queue:6379/0",
@@ -387,7 +387,7 @@ def test_queue_settings_come_from_the_environment_and_are_checked() -> None:
         {"STYLIZE_WORKER_THREADS": "-1"},
     ):
         with pytest.raises(SystemExit):
-            load_config([], environ=environ)
+            load_worker_config([], environ=environ)
     from server.jobs import queue
 
     assert queue.redact(config.queue) == "redis://:****@queue:6379/0"
