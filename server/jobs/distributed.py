@@ -37,8 +37,6 @@ from server.jobs.watch import watch_updates
 
 logger = logging.getLogger(__name__)
 
-HEALTH_CHECK_SECONDS = 1.0
-
 
 @dataclass(frozen=True)
 class QueueClientSettings:
@@ -255,7 +253,7 @@ class RedisJobService(JobService):
         """Every second: is Redis there, what do the workers accept, and the queue metrics."""
         while True:
             await self._check()
-            await asyncio.sleep(HEALTH_CHECK_SECONDS)
+            await asyncio.sleep(queue.HEALTH_CHECK_SECONDS)
 
     async def _check(self) -> None:
         now = time.time()
@@ -299,7 +297,7 @@ class RedisJobService(JobService):
                         for event in self._waiters.get(message["data"].decode(), ()):
                             event.set()
             except (RedisError, OSError):
-                await asyncio.sleep(HEALTH_CHECK_SECONDS)
+                await asyncio.sleep(queue.HEALTH_CHECK_SECONDS)
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

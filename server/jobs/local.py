@@ -69,7 +69,7 @@ class LocalJobService(JobService):
         self.store = JobStore(settings.retention_seconds, settings.update_interval_seconds)
         self._limits = limits
         self.process_settings = process
-        self.workers: list[PooledProcess] = []
+        self.processes: list[PooledProcess] = []
         self.queue: collections.deque[JobRecord] = collections.deque()
         self.info: OptimizerInfo | None = None
         self.failure = ""
@@ -90,7 +90,7 @@ class LocalJobService(JobService):
             self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name="job-supervisor")
         metrics.JOBS_OLDEST_QUEUED_SECONDS.set_function(self._oldest_queued_seconds)
-        logger.info("starting %d Gatys workers (%d threads each)", len(self.workers), self.process_settings.threads)
+        logger.info("starting %d Gatys workers (%d threads each)", len(self.processes), self.process_settings.threads)
 
     async def wait_ready(self, timeout_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -129,8 +129,8 @@ class LocalJobService(JobService):
 
     async def submit(self, spec: JobSpec) -> JobRecord:
         policy.check_entry(stopping=self.stopping, healthy=self.healthy, unavailable_reason=self.unavailable_reason)
-        if not any(w.state is ProcessState.IDLE for w in self.workers):
-            policy.check_room(len(self.queue), self.settings.max_queued, waits_for=f"{len(self.workers)} workers")
+        if not any(w.state is ProcessState.IDLE for w in self.processes):
+            policy.check_room(len(self.queue), self.settings.max_queued, waits_for=f"{len(self.processes)} workers")
         record = self.store.add(spec)
         self.queue.append(record)
         self._dispatch()
@@ -159,7 +159,7 @@ class LocalJobService(JobService):
     def _spawn(self) -> PooledProcess:
         self._spawned += 1
         worker = PooledProcess(self._spawned, self.process_settings, self.loop, self._on_message, self._on_exit)
-        self.workers.append(worker)
+        self.processes.append(worker)
         return worker
 
     def _task(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -205,8 +205,8 @@ class LocalJobService(JobService):
     def _on_exit(self, worker: PooledProcess) -> None:
         # Out of the pool at once, so no job is dispatched to it while its exit code is collected.
         was, worker.state = worker.state, ProcessState.DEAD
-        if worker in self.workers:
-            self.workers.remove(worker)
+        if worker in self.processes:
+            self.processes.remove(worker)
         self._task(self._worker_exit(worker, was))
 
     async def _worker_exit(self, worker: PooledProcess, was: ProcessState) -> None:
@@ -238,7 +238,7 @@ class LocalJobService(JobService):
     def _dispatch(self) -> None:
         """Give queued jobs to idle workers, oldest first."""
         while self.queue and not self.stopping:
-            worker = next((w for w in self.workers if w.state is ProcessState.IDLE), None)
+            worker = next((w for w in self.processes if w.state is ProcessState.IDLE), None)
             if worker is None:
                 break
             record = self.queue.popleft()
@@ -255,14 +255,14 @@ class LocalJobService(JobService):
                 self.store.update(record, queue_position=position)
 
     def _cancel(self, record: JobRecord, reason: StopReason) -> None:
-        worker = next((w for w in self.workers if w.job is record), None)
+        worker = next((w for w in self.processes if w.job is record), None)
         self._cancel_reasons.setdefault(record.id, reason)
         if worker is not None and worker.supervision is not None and worker.supervision.stop(reason, self.loop.time()):
             self._send(worker, CancelJob(record.id))
 
     def _check_settled(self) -> None:
         running = (ProcessState.IDLE, ProcessState.BUSY)
-        if self.failure or (self.workers and all(w.state in running for w in self.workers)):
+        if self.failure or (self.processes and all(w.state in running for w in self.processes)):
             self._settled.set()
         self._health.report(self.healthy, self.on_health_change)
 
@@ -272,7 +272,7 @@ class LocalJobService(JobService):
             await asyncio.sleep(policy.SUPERVISE_SECONDS)
             now = self.loop.time()
             timeout = self.settings.start_timeout_seconds
-            for worker in list(self.workers):
+            for worker in list(self.processes):
                 if worker.state is ProcessState.STARTING and now - worker.started > timeout:
                     worker.kill(policy.start_timeout_error(timeout))
                 if worker.state is ProcessState.BUSY and worker.supervision is not None:
@@ -289,7 +289,7 @@ class LocalJobService(JobService):
             )
         self.queue.clear()
         # 2. Running jobs get the grace period to finish, then are stopped (FAILED, saying why).
-        running = [w.job for w in self.workers if w.job is not None]
+        running = [w.job for w in self.processes if w.job is not None]
         if running:
             logger.info("shutdown: %d jobs running, %.0f s grace", len(running), grace_seconds)
             await self._wait_finished(running, grace_seconds)
@@ -298,10 +298,10 @@ class LocalJobService(JobService):
                     self._cancel(record, StopReason.SHUTDOWN)
             await self._wait_finished(running, 5.0)
         # 3. The workers stop (and are killed if they do not).
-        for worker in self.workers:
+        for worker in self.processes:
             worker.state = ProcessState.STOPPING
             self._send(worker, Stop())
-        await asyncio.gather(*(asyncio.to_thread(w.end) for w in list(self.workers)))
+        await asyncio.gather(*(asyncio.to_thread(w.end) for w in list(self.processes)))
         await asyncio.sleep(0.1)  # the reader threads post each worker's end
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -45,8 +45,11 @@ UPDATES_CHANNEL = PREFIX + "job-updates"  # every change publishes the job id
 # An unfinished job's keys outlive any sane wait; they only stop a job abandoned by every worker
 # (its message lost with an unpersisted Redis) from staying in Redis for ever.
 LIVE_TTL_SECONDS = 7 * 24 * 3600
-LEASE_SECONDS = 6.0  # a running job's claim; its worker renews it every second
+LEASE_SECONDS = 6.0  # a running job's claim; its worker renews it every LEASE_RENEW_SECONDS
+LEASE_RENEW_SECONDS = 1.0
+HEARTBEAT_SECONDS = 5.0  # how often a queue worker says it is alive and what its optimiser accepts
 WORKER_SEEN_SECONDS = 30.0  # a worker without a heartbeat this long no longer counts as connected
+HEALTH_CHECK_SECONDS = 1.0  # how often an API replica looks at Redis (health, queue metrics)
 
 # The fields GetJob and WatchJob read; preview and result are read apart, when they are wanted.
 RECORD_FIELDS = (

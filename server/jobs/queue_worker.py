@@ -56,9 +56,6 @@ from server.jobs.queue_ledger import Claim, ClaimStatus, JobLedger, Lease, shutt
 
 logger = logging.getLogger(__name__)
 
-LEASE_RENEW_SECONDS = 1.0
-HEARTBEAT_SECONDS = 5.0
-
 
 class QueueWorker:
     def __init__(self, ledger: JobLedger, process: JobProcessSettings, *, start_timeout_s: float, update_s: float):
@@ -97,7 +94,7 @@ class QueueWorker:
                 if not down:
                     logger.error("the job queue at %s is unreachable: %s; retrying", self.ledger.url, exc)
                 down = True
-            self._stopped.wait(HEARTBEAT_SECONDS)
+            self._stopped.wait(queue.HEARTBEAT_SECONDS)
 
     def close(self) -> None:
         self._stopped.set()
@@ -196,7 +193,7 @@ class QueueWorker:
                 lease, written, renewed = self.ledger.update(job_id, process.name, pending), now, now
                 if lease is not None:
                     pending = {}
-            elif now - renewed >= LEASE_RENEW_SECONDS:
+            elif now - renewed >= queue.LEASE_RENEW_SECONDS:
                 lease, renewed = self.ledger.update(job_id, process.name, {}), now
             elif isinstance(message, JobProgress):
                 lease = self.ledger.cancel_requested(job_id)
