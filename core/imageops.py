@@ -26,5 +26,5 @@ def preserve_color(stylized: np.ndarray, content: np.ndarray) -> np.ndarray:
     In YIQ every colour channel depends on Y with coefficient 1, so replacing Y
     is adding the luminance difference to each channel of the content.
     """
-    delta = np.tensordot(LUMA, stylized - content, axes=1)  # (H, W): Y_stylized - Y_content
+    delta = np.einsum("c,chw->hw", LUMA, stylized - content)  # (H, W): Y_stylized - Y_content
     return np.asarray(np.clip(content + delta[None], 0.0, 1.0))
