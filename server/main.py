@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,11 +29,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from server import codec, metrics
+from core import codec
+from server import metrics
 from server.admission import Admission
 from server.auth import TokenInterceptor, check_binding, load_tokens, server_credentials
 from server.config import ServerConfig
-from server.jobs.local import LocalJobService
+from server.jobs.local import LocalJobService, PoolSettings
 from server.jobs.model import JobLimits
 from server.jobs.service import DisabledJobService, JobService
 from server.pipeline import Engine, EngineSettings
@@ -57,17 +59,33 @@ def build_job_service(config: ServerConfig) -> JobService:
     )
     if config.queue:
         try:
-            from server.jobs.distributed import RedisJobService  # Celery and Redis: the `queue` extra
+            from server.jobs.distributed import QueueClientSettings, RedisJobService  # the `queue` extra
         except ImportError as exc:
             return DisabledJobService(
                 f"STYLIZE_QUEUE is set but {exc}: install the queue extra (pip install -e '.[queue]')", limits
             )
-        return RedisJobService(config)
+        queue = QueueClientSettings(
+            url=config.queue,
+            max_queued=config.max_jobs_queued,
+            retention_seconds=config.job_retention_seconds,
+            update_interval_seconds=config.job_update_interval_seconds,
+            visibility_timeout_seconds=config.queue_visibility_timeout_seconds,
+        )
+        return RedisJobService(queue, limits)
     if config.local_workers == 0:
         return DisabledJobService(
             "this server runs no Gatys job service (STYLIZE_LOCAL_WORKERS=0 and no STYLIZE_QUEUE)", limits
         )
-    return LocalJobService(config)
+    pool = PoolSettings(
+        processes=config.local_workers,
+        max_queued=config.max_jobs_queued,
+        retention_seconds=config.job_retention_seconds,
+        update_interval_seconds=config.job_update_interval_seconds,
+        start_timeout_seconds=config.worker_start_timeout_seconds,
+    )
+    # The host's cores shared out: two job processes each using every core only fight over them.
+    process = config.job_process(threads=max(1, (os.cpu_count() or 1) // config.local_workers))
+    return LocalJobService(pool, process, limits)
 
 
 def runtime_options(config: ServerConfig) -> RuntimeOptions:
@@ -198,7 +216,7 @@ async def serve(config: ServerConfig) -> None:
     threads = config.max_concurrent + (config.max_batch if config.batch_window_ms else 0)
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
     admission = Admission(threads, config.max_queue)
-    servicer = StyleTransferServicer(config, registry, admission, executor, jobs, engine)
+    servicer = StyleTransferServicer(registry, admission, executor, jobs, engine)
 
     # The workers load their loss network while the models load; the port opens once both are done.
     if not await jobs.wait_ready(config.worker_start_timeout_seconds):

@@ -31,7 +31,7 @@ QUEUE_WAIT_SECONDS = Histogram(
 REJECTED = Counter("stylize_requests_rejected", "Calls refused before any work, by reason", ["reason"])
 STAGE_SECONDS = Histogram(
     "stylize_stage_duration_seconds",
-    "Time in each stage of a Stylize call: decode, inference, encode",
+    "Time in each stage of a Stylize call: decode, style (the arbitrary family's style encoder), inference, encode",
     ["stage", "model"],
     buckets=LATENCY_BUCKETS,
 )

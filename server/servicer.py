@@ -20,14 +20,13 @@ from typing import Any, TypeVar
 
 import grpc
 
+from core.codec import OutputFormat
 from server import metrics, validation
 from server.admission import Admission
-from server.codec import OutputFormat
-from server.config import ServerConfig
 from server.errors import Draining, status_for
 from server.jobs import convert
 from server.jobs.service import JobService
-from server.pipeline import Engine, StylizeResult
+from server.pipeline import Engine, StylizeResult, check_family
 from server.registry import ModelRegistry
 from stylize.v1 import stylize_pb2 as pb
 from stylize.v1 import stylize_pb2_grpc
@@ -55,14 +54,12 @@ class Call:
 class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
     def __init__(
         self,
-        config: ServerConfig,
         registry: ModelRegistry,
         admission: Admission,
         executor: ThreadPoolExecutor,
         jobs: JobService,
         engine: Engine,
     ) -> None:
-        self.config = config
         self.jobs = jobs
         self.engine = engine
         self.registry = registry
@@ -144,17 +141,17 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
             task = validation.stylize_task(request)
             model, version = self.registry.get(task.model, task.version)
             call.model = model.name
+            check_family(task, model)  # before a slot is taken or a byte decoded
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             async with self.admission.slot(deadline) as waited:
                 run = functools.partial(self.engine.run, task, model, version)
                 result: StylizeResult = await asyncio.get_running_loop().run_in_executor(self.executor, run)
             t = result.timings
-            for stage, seconds in (
-                ("decode", t.decode_seconds),
-                ("inference", t.inference_seconds),
-                ("encode", t.encode_seconds),
-            ):
+            stages = [("decode", t.decode_seconds), ("inference", t.inference_seconds), ("encode", t.encode_seconds)]
+            if model.spec.family == "arbitrary":  # the only family with a style encoder
+                stages.append(("style", t.style_seconds))
+            for stage, seconds in stages:
                 metrics.STAGE_SECONDS.labels(stage, model.name).observe(seconds)
             metrics.IMAGE_PIXELS.observe(result.pixels)
             if task.output_format is OutputFormat.RAW:
@@ -171,6 +168,7 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
                 timings=pb.Timings(
                     queue_seconds=waited,
                     decode_seconds=t.decode_seconds,
+                    style_seconds=t.style_seconds,
                     inference_seconds=t.inference_seconds,
                     encode_seconds=t.encode_seconds,
                     total_seconds=time.perf_counter() - received,

@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +198,21 @@ def wait_serving(
             except Exception:  # not listening yet
                 time.sleep(0.2)
     raise TimeoutError(f"server not SERVING after {timeout_s} s:\n{server.log()}")
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
+    """Wait on a state, not a guess: poll `condition` until it holds (TimeoutError naming `what` if it never does)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout_s} s")
+        time.sleep(0.05)
+
+
+def metric(server: RunningServer, line_start: str) -> float:
+    """The sum of the server's /metrics samples whose line starts with `line_start`."""
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_start))
 
 
 def stop_server(server: RunningServer) -> None:

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from server.repository import list_versions, model_dirs, read_spec
+from core.repository import list_versions, model_dirs, read_spec
 from tests.conftest import ROOT
 
 MODELS = ROOT / "models"

@@ -11,11 +11,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from core.files import sha256_file
+from core.repository import FAMILY_GRAPHS, list_versions, model_dirs, read_spec
 from server.registry import ModelRegistry
-from server.repository import FAMILY_GRAPHS, list_versions, model_dirs, read_spec
 from server.runtime import RuntimeOptions
 from tests.conftest import ROOT
-from training.weights import sha256_file
 
 MODELS = ROOT / "models"
 DIRS = model_dirs(MODELS)

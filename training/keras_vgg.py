@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.weights import WeightsHashMismatch, WeightsNotFound, hub_dir, sha256_file
+from core.files import sha256_file
+from training.weights import WeightsHashMismatch, WeightsNotFound, hub_dir
 
 logger = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from core.files import sha256_file
 from training import loop
 from training.adain import ENCODER_LAYER, STYLE_LAYERS, AdaINConfig, AdaINNet, upsampling_sizes
 from training.config import parse_config
 from training.data import ContentImages, find_images, load_rgb
 from training.losses import adaptive_instance_normalization, calc_mean_std
 from training.vgg import load_vgg
-from training.weights import sha256_file
 
 logger = logging.getLogger("training.arbitrary")
 

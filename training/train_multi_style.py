@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
+from core.files import sha256_file
 from training import loop
 from training.conditional_net import ConditionalNetConfig, ConditionalStyleNet, one_hot
 from training.config import parse_config
 from training.data import find_images, load_rgb
 from training.perceptual import PerceptualLoss
 from training.vgg import load_vgg
-from training.weights import sha256_file
 
 logger = logging.getLogger("training.multi_style")
 

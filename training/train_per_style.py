@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
+from core.files import sha256_file
 from training import loop
 from training.config import parse_config
 from training.data import find_images, load_rgb
 from training.perceptual import PerceptualLoss
 from training.transformer_net import PRESETS, TransformerNet
 from training.vgg import load_vgg
-from training.weights import sha256_file
 
 logger = logging.getLogger("training.per_style")
 

@@ -16,7 +16,6 @@ every way to provide it. `WeightsInfo` says which source trained a model (checkp
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from core.files import sha256_file
 
 # torchvision's IMAGENET1K_V1 files; the names carry the first 8 hex digits of the SHA-256.
 IMAGENET_WEIGHTS = {
@@ -100,14 +101,6 @@ class WeightsInfo:
         if self.source == "keras":
             return f"{KERAS}:{self.sha256[:16]}"
         return f"imagenet:{self.sha256[:16]}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def hub_dir() -> Path:

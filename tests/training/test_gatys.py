@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from server.imageops import LUMA
+from core.imageops import LUMA
 from tests.conftest import encode, photo
 from training.gatys import (
     Cancelled,
