@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -156,9 +157,13 @@ def test_a_worker_of_the_worker_image_finishes_a_job_from_the_api(
     worker = start(image, log, env)
     try:
         with StylizeClient(api.server.target, timeout_s=60) as client:
+            # The API takes jobs once a worker has announced itself on the queue (health "stylize.jobs").
+            deadline = time.monotonic() + 300
+            while client.health("stylize.jobs") != "SERVING":
+                assert worker.poll() is None and time.monotonic() < deadline, f"worker not ready:\n{log.read_text()}"
+                time.sleep(0.2)
             job = client.submit_optimization(job_request(iterations=6))
             try:
-                # Queued until the worker is up (its first start loads torch), then to its final state.
                 *_, job = client.watch_job(job.id, timeout_s=300)
             except grpc.RpcError as exc:
                 raise AssertionError(f"{exc}\nworker log:\n{log.read_text()}") from None
