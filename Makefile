@@ -19,7 +19,7 @@ help:
 	@echo "make worker   a Gatys worker in the foreground (STYLIZE_QUEUE=redis://... for the distributed queue)"
 	@echo "make models   retrain and re-export the bundled models (hours on a CPU)"
 	@echo "make bench    the benchmarks in bench/, results in bench/results/"
-	@echo "make lint     ruff and mypy;  make protos: regenerate stylize/v1 from protos/"
+	@echo "make lint     ruff, mypy and hadolint;  make protos: regenerate stylize/v1 from protos/"
 	@echo "make fuzz     the decoder and request validation under 50,000 generated inputs"
 
 $(INSTALLED): pyproject.toml
@@ -62,6 +62,7 @@ lint: $(GENERATED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint --config .hadolint.yaml deploy/*.Dockerfile
 
 format: $(INSTALLED)
 	$(VENV)/bin/ruff format .
