@@ -35,9 +35,10 @@ COPY --from=stubs /build/stylize/ stylize/
 COPY server/ server/
 COPY client/ client/
 
-RUN useradd --system --no-log-init --uid 10001 --no-create-home stylize
+RUN groupadd --system --gid 10001 stylize \
+ && useradd --system --no-log-init --uid 10001 --gid 10001 --no-create-home stylize
 # Numeric, so Kubernetes' runAsNonRoot can check it.
-USER 10001
+USER 10001:10001
 ENV STYLIZE_HOST=0.0.0.0 STYLIZE_METRICS_HOST=0.0.0.0 STYLIZE_MODELS=/models STYLIZE_DEVICE=cuda
 EXPOSE 50051 9464
 CMD ["python", "-m", "server"]

@@ -26,9 +26,10 @@ COPY --from=stubs /build/stylize/ stylize/
 COPY server/ server/
 COPY training/ training/
 
-RUN useradd --system --no-log-init --uid 10001 --no-create-home stylize
+RUN groupadd --system --gid 10001 stylize \
+ && useradd --system --no-log-init --uid 10001 --gid 10001 --no-create-home stylize
 # Numeric, so Kubernetes' runAsNonRoot can check it.
-USER 10001
+USER 10001:10001
 # The loss network's weights: torchvision's files under $TORCH_HOME/hub/checkpoints (a read-only volume).
 ENV TORCH_HOME=/weights
 CMD ["python", "-m", "server.jobs.worker"]

@@ -43,7 +43,7 @@ REQUIREMENTS_STEP = re.compile(
 SYSTEM_PYTHON_STEP = re.compile(r"apt-get update && apt-get install -y --no-install-recommends python3 python3-venv .*")
 STUBS_STEP = re.compile(r"python -m grpc_tools\.protoc .*")
 # The image's user: the test runs as whoever runs it.
-USER_STEP = re.compile(r"useradd --system [^&|;]*")
+USER_STEP = re.compile(r"groupadd --system --gid \d+ \w+ && useradd --system [^&|;]*")
 
 
 class UnknownStep(Exception):

@@ -28,7 +28,8 @@ def test_bases_are_pinned_and_the_image_runs_as_a_numeric_non_root_user(dockerfi
         assert base in stages or PINNED.fullmatch(base), f"{dockerfile.name}: {base} is not an exact tag or digest"
     last_stage = steps[max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM") :]
     users = [args for keyword, args in last_stage if keyword == "USER"]
-    assert users and users[-1].isdigit() and int(users[-1]) > 0, f"{dockerfile.name}: USER {users}"
+    ids = users[-1].split(":") if users else []
+    assert ids and all(i.isdigit() and int(i) > 0 for i in ids), f"{dockerfile.name}: USER {users} (uid:gid, not 0)"
 
 
 def test_the_build_context_holds_what_the_dockerfiles_copy_and_nothing_private() -> None:

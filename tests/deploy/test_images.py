@@ -33,6 +33,9 @@ from tests.deploy.replay import Image, replay
 from tests.server.test_distributed import RedisServer
 from tests.server.test_jobs import job_request
 
+# The first run builds the venvs, in fixtures and tests alike: minutes for the worker's CUDA wheels.
+pytestmark = pytest.mark.timeout(1200)
+
 # One bundled model per family.
 MODELS = {"great_wave": "per_style", "impressionists": "multi_style", "adain": "arbitrary"}
 TILE_PIXELS = 4096  # the smallest budget: a 96x64 photo runs in tiles, through the graphs derived at load
