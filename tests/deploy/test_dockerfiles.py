@@ -12,7 +12,7 @@ import pytest
 
 from deploy import requirements
 from tests.conftest import ROOT
-from tests.deploy.replay import dockerignore_rules, in_context, instructions
+from tests.deploy.replay import UnknownStep, dockerignore_rules, in_context, instructions, replay
 
 DOCKERFILES = sorted((ROOT / "deploy").glob("*.Dockerfile"))
 # An exact release (3.12.12-slim-trixie, 13.0.2-cudnn-runtime-ubuntu24.04) or a digest: never `latest` or `3.12`.
@@ -73,3 +73,10 @@ def test_each_image_requirement_list_is_pinned_and_on_its_side_of_the_torch_boun
         [sys.executable, "deploy/requirements.py", "api"], cwd=ROOT, check=True, capture_output=True, text=True
     )
     assert printed.stdout.split() == api
+
+
+def test_the_replay_refuses_a_step_it_has_no_rule_for(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "x.Dockerfile"
+    dockerfile.write_text("FROM python:3.12.12-slim-trixie\nRUN curl -fsSL https://example.com/x | sh\n")
+    with pytest.raises(UnknownStep, match="no rule for this step"):
+        replay(dockerfile, tmp_path / "scratch")
