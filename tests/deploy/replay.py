@@ -59,8 +59,6 @@ class Stage:
     env: dict[str, str] = field(default_factory=lambda: {"PATH": DEFAULT_PATH})
     venv: Path | None = None
     cmd: list[str] = field(default_factory=list)
-    user: str = ""
-    requirements: list[str] = field(default_factory=list)
 
     def path(self, container_path: str) -> Path:
         """Where a path inside this stage lies on the host (relative paths start at WORKDIR)."""
@@ -73,10 +71,8 @@ class Image:
 
     app_dir: Path
     python: Path
-    requirements: list[str]
     command: list[str]
     env: dict[str, str]
-    user: str
 
     def environment(self, home: Path, **overrides: str) -> dict[str, str]:
         """The image's ENV (its paths moved to the replay), nothing of this process's environment."""
@@ -185,7 +181,6 @@ def run(stage: Stage, command: str) -> None:
         ).stdout.split()
         # One cached venv per purpose (api, worker, build-tools): a new list replaces the old venv.
         stage.venv = cached_venv("-".join(match["script"].split()[1:]).strip("-"), listed)
-        stage.requirements = listed
         return
     if STUBS_STEP.fullmatch(command):
         if stage.venv is None:
@@ -201,9 +196,8 @@ def set_env(stage: Stage, args: str) -> None:
         name, sep, value = word.partition("=")
         if not sep:
             raise UnknownStep(f"ENV {args}: use the NAME=value form")
-        stage.env[name] = re.sub(
-            r"\$\{?(\w+)\}?", lambda m: stage.env.get(m.group(1), ""), value
-        )  # Docker expands earlier ENV values
+        # Docker expands the values of earlier ENV instructions ($PATH).
+        stage.env[name] = re.sub(r"\$\{?(\w+)\}?", lambda m: stage.env.get(m.group(1), ""), value)
 
 
 def replay(dockerfile: Path, scratch: Path, context: Path = ROOT) -> Image:
@@ -227,11 +221,9 @@ def replay(dockerfile: Path, scratch: Path, context: Path = ROOT) -> Image:
             run(stage, args)
         elif keyword == "ENV":
             set_env(stage, args)
-        elif keyword == "USER":
-            stage.user = args
         elif keyword == "CMD":
             stage.cmd = json.loads(args)  # the exec form only: no shell between the runtime and Python
-        elif keyword not in ("EXPOSE", "LABEL", "ARG"):
+        elif keyword not in ("EXPOSE", "LABEL", "USER"):  # USER: tests/deploy/test_dockerfiles.py
             raise UnknownStep(f"{keyword} {args}: tests/deploy/replay.py has no rule for it")
     assert stage is not None and stage.venv is not None, f"{dockerfile}: the last stage installs no requirements"
     env = {name: rebase(stage, value) for name, value in stage.env.items()}
@@ -239,7 +231,7 @@ def replay(dockerfile: Path, scratch: Path, context: Path = ROOT) -> Image:
     python = stage.venv / "bin" / "python"
     executable = shutil.which(stage.cmd[0], path=env["PATH"])
     assert executable and Path(executable).parent == python.parent, f"CMD {stage.cmd} is not the image's Python"
-    return Image(stage.path("."), python, stage.requirements, [str(python), *stage.cmd[1:]], env, stage.user)
+    return Image(stage.path("."), python, [str(python), *stage.cmd[1:]], env)
 
 
 def rebase(stage: Stage, value: str) -> str:
