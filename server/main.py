@@ -117,6 +117,7 @@ def record_models(registry: ModelRegistry, changes: Changes) -> None:
             metrics.MODEL_INFO.labels(model.name, str(version.version), model.spec.family).set(1)
             metrics.MODEL_WARMUP_SECONDS.labels(model.name, str(version.version)).set(version.warmup_seconds)
         metrics.MODEL_PROVIDER.labels(model.name, model.newest.provider).set(1)
+        metrics.TILED.labels(model.name)  # at 0 until its first tiled call
     metrics.MODEL_LOAD_FAILURES.clear()
     for name in registry.failures:
         metrics.MODEL_LOAD_FAILURES.labels(name).set(1)
@@ -196,6 +197,7 @@ async def serve(config: ServerConfig) -> None:
     await jobs.start()  # spawns the workers: before any gRPC thread exists
     options = runtime_options(config)
     metrics.CUDA_DEVICES.set(cuda_device_count()[0])
+    metrics.start_at_zero(m.name for m in stylize_pb2.DESCRIPTOR.services_by_name["StyleTransfer"].methods)
     registry = ModelRegistry(config.models, options, config.warmup_sides)
     record_models(registry, registry.load_all())
     codec.warm_up()
