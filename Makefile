@@ -10,7 +10,8 @@ GENERATED := stylize/v1/stylize_pb2.py
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: serve test test-fast test-slow fuzz lint format protos models worker bench gallery system-deps clean help
-# Debian packages the tests need: promtool and a real Prometheus server, and redis-server.
+# Debian packages the tests need: promtool and a real Prometheus server, redis-server, and headless Chromium with
+# its WebDriver for the web page's tests.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 help:
@@ -54,9 +55,11 @@ fuzz: $(GENERATED)
 	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-50000} $(PY) -m pytest tests/server/test_fuzz.py -p no:cacheprovider
 
 system-deps:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v redis-server >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v redis-server >/dev/null \
+		&& command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus redis-server; }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus redis-server \
+			chromium chromium-driver; }
 
 lint: $(GENERATED)
 	$(VENV)/bin/ruff check .

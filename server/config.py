@@ -27,6 +27,7 @@ def _setting(default: object, help: str) -> typing.Any:
 class ServerConfig:
     host: str = _setting("127.0.0.1", "address of the gRPC port")
     port: int = _setting(50051, "gRPC port (0: any free port, printed in the log)")
+    http_port: int = _setting(8080, "HTTP/JSON API and web page port, on the gRPC port's host, TLS and tokens (0: off)")
     metrics_host: str = _setting("127.0.0.1", "address of the Prometheus /metrics port")
     metrics_port: int = _setting(9464, "Prometheus /metrics port (0: off)")
     models: Path = _setting(Path("models"), "the model repository")
@@ -91,7 +92,7 @@ class ServerConfig:
             raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
         if self.queue and not self.queue.startswith(("redis://", "rediss://")):
             raise ValueError(f"queue must be empty or a redis:// URL, not {self.queue!r}")
-        for name in ("port", "metrics_port", "worker_metrics_port"):
+        for name in ("port", "http_port", "metrics_port", "worker_metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be in 0..65535")
         for name in (

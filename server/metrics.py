@@ -16,14 +16,17 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # 128^2 .. 4096^2 pixels.
 PIXEL_BUCKETS = tuple(float(side * side) for side in (128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096))
 
-REQUESTS = Counter("stylize_requests", "gRPC calls finished, by method and status code", ["method", "code"])
+# `protocol` is the front door, grpc or http (server/http/); `code` is the gRPC status code name for both.
+REQUESTS = Counter(
+    "stylize_requests", "Calls finished, by method, status code and protocol", ["method", "code", "protocol"]
+)
 REQUEST_SECONDS = Histogram(
     "stylize_request_duration_seconds",
     "Time from receiving a call to answering it",
-    ["method", "model"],
+    ["method", "model", "protocol"],
     buckets=LATENCY_BUCKETS,
 )
-IN_FLIGHT = Gauge("stylize_requests_in_flight", "Calls being handled now", ["method"])
+IN_FLIGHT = Gauge("stylize_requests_in_flight", "Calls being handled now", ["method", "protocol"])
 QUEUED = Gauge("stylize_requests_queued", "Stylize calls admitted and waiting for an inference slot")
 QUEUE_WAIT_SECONDS = Histogram(
     "stylize_queue_wait_seconds", "Time a Stylize call waited for an inference slot", buckets=LATENCY_BUCKETS
