@@ -243,6 +243,7 @@ async function startJob() {
   const job = await (await api("/v1/jobs", { method: "POST", body: form })).json();
   state.job = job.id;
   state.shownPreview = "";
+  $("timing").textContent = "";
   $("job").hidden = false;
   $("previews").replaceChildren();
   $("job-id").textContent = job.id;
@@ -304,7 +305,13 @@ async function showJob(job) {
     const blob = await (await api(job.resultUrl)).blob();
     showResult(blob, `Gatys, ${job.iterations} iterations`, `gatys-${job.id}.png`);
   }
-  if (["SUCCEEDED", "FAILED", "CANCELLED"].includes(jobState)) endJob();
+  if (["SUCCEEDED", "FAILED", "CANCELLED"].includes(jobState)) {
+    const seconds = (Date.parse(job.finishedAt) - Date.parse(job.startedAt)) / 1000;
+    if (seconds >= 0) {
+      $("timing").textContent = `Gatys: ${job.iteration} iterations in ${seconds.toFixed(1)} s on ${job.worker}`;
+    }
+    endJob();
+  }
 }
 
 function endJob() {
