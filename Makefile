@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 help:
-	@echo "make serve    set up .venv, generate the gRPC code, serve models/ on 127.0.0.1:50051 (metrics :9464)"
+	@echo "make serve    set up .venv, generate the gRPC code, serve models/ on 127.0.0.1:50051 (HTTP and the page :8080, metrics :9464)"
 	@echo "make test     lint and the whole test suite (what .ci/run calls)"
 	@echo "make worker   a Gatys worker in the foreground (STYLIZE_QUEUE=redis://... for the distributed queue)"
 	@echo "make models   retrain and re-export the bundled models (hours on a CPU)"

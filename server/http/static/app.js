@@ -148,6 +148,7 @@ function setPhoto([file]) {
   if (!file) return;
   state.photo = file;
   const img = $("photo-img");
+  img.onerror = () => { img.hidden = true; };  // not an image the browser can show: the server will say why
   img.src = URL.createObjectURL(file);
   img.hidden = false;
   $("photo-frame").querySelector(".placeholder").hidden = true;
