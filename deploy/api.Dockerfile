@@ -41,5 +41,5 @@ RUN groupadd --system --gid 10001 stylize \
 # Numeric, so Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
 ENV STYLIZE_HOST=0.0.0.0 STYLIZE_METRICS_HOST=0.0.0.0 STYLIZE_MODELS=/models STYLIZE_DEVICE=cuda
-EXPOSE 50051 9464
+EXPOSE 50051 8080 9464
 CMD ["python", "-m", "server"]

@@ -106,6 +106,7 @@ class ServerConfig(JobSettings):
 
     host: str = _setting("127.0.0.1", "address of the gRPC port")
     port: int = _setting(50051, "gRPC port (0: any free port, printed in the log)")
+    http_port: int = _setting(8080, "HTTP/JSON API and web page port, on the gRPC port's host, TLS and tokens (0: off)")
     metrics_port: int = _setting(9464, "Prometheus /metrics port (0: off)")
     models: Path = _setting(Path("models"), "the model repository")
     local_workers: int = _setting(1, "local Gatys worker processes (0: none)")
@@ -146,7 +147,7 @@ class ServerConfig(JobSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("port", "metrics_port"):
+        for name in ("port", "http_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be in 0..65535")
         for name in ("local_workers", "intra_op_threads", "max_queue", "max_jobs_queued"):

@@ -9,6 +9,8 @@ loss network, then the port opens, and only then does health say SERVING (the
 job service, "stylize.jobs", once its workers are ready). Shutdown reverses it:
 NOT_SERVING first; queued jobs fail, running ones get `grace_seconds` to finish
 (watchers see their final state); then in-flight calls get `grace_seconds`.
+The HTTP API (STYLIZE_HTTP_PORT, server/http/) opens with the gRPC port and
+closes after it: two front doors to one StylizeService.
 With STYLIZE_QUEUE the jobs live in Redis and run on their own workers: a
 replica that stops fails none of them (server/jobs/distributed.py).
 """
@@ -34,13 +36,15 @@ from server import metrics
 from server.admission import Admission
 from server.auth import TokenInterceptor, check_binding, load_tokens, server_credentials
 from server.config import ServerConfig
+from server.http.serve import start_http
 from server.jobs.local import LocalJobService, PoolSettings
 from server.jobs.model import JobLimits
 from server.jobs.service import DisabledJobService, JobService
 from server.pipeline import Engine, EngineSettings
 from server.registry import Changes, ModelRegistry
 from server.runtime import RuntimeOptions, cuda_device_count, resolve_device
-from server.servicer import FAMILIES, StyleTransferServicer
+from server.service import FAMILIES, StylizeService
+from server.servicer import StyleTransferServicer
 from server.style_cache import StyleStatsCache
 from stylize.v1 import stylize_pb2, stylize_pb2_grpc
 
@@ -218,7 +222,7 @@ async def serve(config: ServerConfig) -> None:
     threads = config.max_concurrent + (config.max_batch if config.batch_window_ms else 0)
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
     admission = Admission(threads, config.max_queue)
-    servicer = StyleTransferServicer(registry, admission, executor, jobs, engine)
+    service = StylizeService(registry, admission, executor, jobs, engine)
 
     # The workers load their loss network while the models load; the port opens once both are done.
     if not await jobs.wait_ready(config.worker_start_timeout_seconds):
@@ -226,11 +230,12 @@ async def serve(config: ServerConfig) -> None:
         log("Gatys jobs unavailable: %s", jobs.unavailable_reason)
 
     server, port = grpc_server(config)
-    stylize_pb2_grpc.add_StyleTransferServicer_to_server(servicer, server)
+    stylize_pb2_grpc.add_StyleTransferServicer_to_server(StyleTransferServicer(service), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     await server.start()
+    http = await start_http(config, service, health_servicer, SERVICE_NAME) if config.http_port else None
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_host)
         logger.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
@@ -263,11 +268,13 @@ async def serve(config: ServerConfig) -> None:
     await stop.wait()
 
     logger.info("shutting down: health NOT_SERVING, %.0f s grace for calls in flight", config.grace_seconds)
-    servicer.draining = True
+    service.draining = True
     if watcher is not None:
         watcher.cancel()
     await health_servicer.enter_graceful_shutdown()
     await jobs.stop(config.grace_seconds)
     await server.stop(config.grace_seconds)
+    if http is not None:
+        await http.stop()
     executor.shutdown(wait=True, cancel_futures=True)
     logger.info("stopped")

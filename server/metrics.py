@@ -26,21 +26,34 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # 128^2 .. 4096^2 pixels.
 PIXEL_BUCKETS = tuple(float(side * side) for side in (128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096))
 
-REQUESTS = Counter("stylize_requests", "gRPC calls finished, by method and status code", ["method", "code"])
+# `protocol` is the front door, grpc or http (server/http/); `code` is the gRPC status code name for both.
+REQUESTS = Counter(
+    "stylize_requests", "Calls finished, by method, status code and protocol", ["method", "code", "protocol"]
+)
 REQUEST_SECONDS = Histogram(
     "stylize_request_duration_seconds",
     "Time from receiving a call to answering it",
-    ["method", "model"],
+    ["method", "model", "protocol"],
     buckets=LATENCY_BUCKETS,
 )
-IN_FLIGHT = Gauge("stylize_requests_in_flight", "Calls being handled now", ["method"])
+IN_FLIGHT = Gauge("stylize_requests_in_flight", "Calls being handled now", ["method", "protocol"])
 QUEUED = Gauge("stylize_requests_queued", "Stylize calls admitted and waiting for an inference slot")
 QUEUE_WAIT_SECONDS = Histogram(
     "stylize_queue_wait_seconds", "Time a Stylize call waited for an inference slot", buckets=LATENCY_BUCKETS
 )
 REJECTED = Counter("stylize_requests_rejected", "Calls refused before any work, by reason", ["reason"])
 # server/admission.py (queue_full, deadline, cancelled), server/jobs/ (jobs_queue_full), server/auth.py via main.py.
-REJECTION_REASONS = ("queue_full", "deadline", "cancelled", "jobs_queue_full", "auth_missing", "auth_invalid")
+REJECTION_REASONS = (
+    "queue_full",
+    "deadline",
+    "cancelled",
+    "jobs_queue_full",
+    "auth_missing",
+    "auth_invalid",
+    "too_many_requests",  # the HTTP port's open-request limit (server/http/guard.py)
+    "too_large",  # an HTTP body over the message limit
+)
+PROTOCOLS = ("grpc", "http")
 STATUS_CODES = tuple(code.name for code in grpc.StatusCode)
 STAGE_SECONDS = Histogram(
     "stylize_stage_duration_seconds",
@@ -157,7 +170,8 @@ _at_zero(WORKER_REQUEUED, REQUEUE_REASONS)
 
 
 def start_at_zero(methods: Iterable[str]) -> None:
-    """Every status code of every gRPC method at 0, before the first call (`serve()`, once)."""
+    """Every status code of every method on both front doors at 0, before the first call (`serve()`, once)."""
     for method in methods:
-        for code in STATUS_CODES:
-            REQUESTS.labels(method, code)
+        for protocol in PROTOCOLS:
+            for code in STATUS_CODES:
+                REQUESTS.labels(method, code, protocol)

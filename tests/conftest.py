@@ -135,6 +135,7 @@ class RunningServer:
     metrics_url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    http_url: str = ""  # the HTTP API (STYLIZE_HTTP_PORT), on a free port of its own
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -148,7 +149,7 @@ def start_server(
     tls_ca: Path | None = None,
     tls_client: tuple[Path, Path] | None = None,
 ) -> RunningServer:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, http_port = free_port(), free_port(), free_port()
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "STYLIZE_LOCAL_WORKERS": "0", **(env or {})}
     log = log_path.open("wb")
     process = subprocess.Popen(
@@ -162,6 +163,8 @@ def start_server(
             str(port),
             "--metrics-port",
             str(metrics_port),
+            "--http-port",
+            str(http_port),
             *extra,
         ],
         cwd=ROOT,
@@ -169,7 +172,14 @@ def start_server(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    server = RunningServer(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", process, log_path)
+    scheme = "https" if tls_ca else "http"
+    server = RunningServer(
+        f"127.0.0.1:{port}",
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        process,
+        log_path,
+        http_url=f"{scheme}://127.0.0.1:{http_port}",
+    )
     wait_serving(server, tls_ca=tls_ca, tls_client=tls_client)
     return server
 

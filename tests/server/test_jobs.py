@@ -248,7 +248,7 @@ def test_job_metrics(client: StylizeClient, jobs_server: RunningServer) -> None:
         "stylize_job_iterations_per_second_count",
         "stylize_jobs_queued 0.0",
         "stylize_worker_restarts_total",
-        'stylize_requests_total{code="OK",method="WatchJob"}',
+        'stylize_requests_total{code="OK",method="WatchJob",protocol="grpc"}',
     ):
         assert line in text
     submitted = next(v for v in text.splitlines() if v.startswith("stylize_jobs_submitted_total"))

@@ -27,9 +27,10 @@ def test_a_fresh_server_exports_every_known_counter_at_zero(fresh: RunningServer
     # Health checks (wait_serving) are not StyleTransfer calls, so nothing below has counted yet.
     exposition = urllib.request.urlopen(fresh.metrics_url, timeout=10).read().decode()
     expected = [
-        f'stylize_requests_total{{code="{code}",method="{method.name}"}} 0.0'
+        f'stylize_requests_total{{code="{code}",method="{method.name}",protocol="{protocol}"}} 0.0'
         for method in pb.DESCRIPTOR.services_by_name["StyleTransfer"].methods
         for code in metrics.STATUS_CODES
+        for protocol in metrics.PROTOCOLS
     ]
     expected += [f'stylize_requests_rejected_total{{reason="{r}"}} 0.0' for r in metrics.REJECTION_REASONS]
     expected += [f'stylize_jobs_finished_total{{state="{s}"}} 0.0' for s in metrics.JOB_FINAL_STATES]

@@ -152,7 +152,7 @@ def test_health_and_reflection(server: RunningServer) -> None:
 def test_metrics_count_requests_by_method_and_code(client: StylizeClient, server: RunningServer) -> None:
     client.stylize(encode(photo()), "tiny")
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    assert 'stylize_requests_total{code="OK",method="Stylize"}' in text
+    assert 'stylize_requests_total{code="OK",method="Stylize",protocol="grpc"}' in text
     assert 'stylize_model_provider{model="tiny",provider="CPUExecutionProvider"} 1.0' in text
     assert 'stylize_model_precision{graph="model.onnx",model="tiny",precision="fp32"} 1.0' in text
     assert 'stylize_stage_duration_seconds_count{model="tiny",stage="inference"}' in text
