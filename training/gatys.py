@@ -56,11 +56,11 @@ class GatysConfig:
     style_layer_weights: tuple[float, ...] = field(
         default=(), metadata={"help": "one per style layer; empty: equal (Gatys et al. 2016 weight layers equally)"}
     )
-    # 5 : 100, neural-style's ratio for Caffe's 0..255 inputs (keras-vgg16's) and our normalisation. On kodim23
-    # with The Starry Night (256 px, 150 L-BFGS steps) the parrots keep their shape under van Gogh's strokes; at
-    # the PyTorch tutorial's 1 : 1e6, its ratio for torchvision's weights (pass it for those), the painting only.
-    content_weight: float = 5.0
-    style_weight: float = 100.0
+    # Unset: the loss network's own balance (InputConvention.gatys_balance). 5 : 100 for keras-vgg16's Caffe-range
+    # features (neural-style's; on kodim23 with The Starry Night the parrots keep their shape under the strokes),
+    # 1 : 1e6 for torchvision's normalised ones and random weights (the PyTorch tutorial's).
+    content_weight: float | None = None
+    style_weight: float | None = None
     # Gatys et al. use no smoothness term; neural-style adds one (-tv_weight). Here: mean absolute difference.
     tv_weight: float = field(default=0.0, metadata={"help": "total variation weight (0: off, as in Gatys et al.)"})
     style_blend_weights: tuple[float, ...] = field(
@@ -115,7 +115,7 @@ class GatysConfig:
                 raise ValueError(f"{self.loss_network} has no layer {layer!r}; its layers are {', '.join(names)}")
         if self.style_layer_weights and len(self.style_layer_weights) != len(self.style_layers):
             raise ValueError(f"style_layer_weights needs one weight per style layer ({len(self.style_layers)})")
-        weights = (self.content_weight, self.style_weight, self.tv_weight, *self.style_layer_weights)
+        weights = (self.content_weight or 0.0, self.style_weight or 0.0, self.tv_weight, *self.style_layer_weights)
         if min(weights) < 0 or min(self.style_blend_weights, default=1.0) < 0:
             raise ValueError("loss and blend weights must not be negative")
         if self.style_scale <= 0 or self.learning_rate <= 0 or self.lbfgs_history < 1:

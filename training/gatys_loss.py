@@ -60,6 +60,7 @@ class LossNetwork(nn.Module):
         self.layers = nn.ModuleList(modules)
         self.taps = [name in wanted for name in names]
         self.names = names
+        self.convention = vgg.convention
         self.register_buffer("mean", vgg.mean.clone(), persistent=False)
         self.register_buffer("std", vgg.std.clone(), persistent=False)
 
@@ -104,6 +105,9 @@ class Objective:
     ) -> None:
         self.net = net
         self.config = config
+        content_weight, style_weight = net.convention.gatys_balance
+        self.content_weight = content_weight if config.content_weight is None else config.content_weight
+        self.style_weight = style_weight if config.style_weight is None else config.style_weight
         layer_weights = config.style_layer_weights or (1.0,) * len(config.style_layers)
         self.layer_weights = dict(zip(config.style_layers, layer_weights, strict=True))
         blend = np.asarray(config.style_blend_weights or [1.0] * len(styles), dtype=np.float64)
@@ -132,5 +136,5 @@ class Objective:
         grams = {layer: gram_matrix(features[layer]) for layer in cfg.style_layers}
         s = style_loss(grams, self.style_targets, self.layer_weights)
         tv = total_variation(image) if cfg.tv_weight else image.new_zeros(())
-        terms = torch.stack([cfg.content_weight * c, cfg.style_weight * s, cfg.tv_weight * tv])
+        terms = torch.stack([self.content_weight * c, self.style_weight * s, cfg.tv_weight * tv])
         return torch.cat([terms, terms.sum().unsqueeze(0)])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from core.files import sha256_file
-from training.weights import WeightsHashMismatch, WeightsNotFound, hub_dir
+from training.conventions import CAFFE_CONVENTION, WeightsHashMismatch, WeightsNotFound, hub_dir
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +136,10 @@ def convert(onnx_path: Path) -> dict[str, torch.Tensor]:
 
 
 def check_conversion(onnx_path: Path, state: dict[str, torch.Tensor]) -> None:
-    """Our network on the converted weights must give the ONNX graph's relu5_3 on the same pixels."""
+    """The converted convolutions, read as training/vgg.py reads them, must give the ONNX graph's relu5_3."""
     import onnx
+    import torch.nn.functional as F
     from onnx.reference import ReferenceEvaluator
-
-    from training.vgg import VGGFeatures
-    from training.weights import CAFFE_CONVENTION
 
     model = onnx.load(str(onnx_path))
     relu = "functional_1/block5_conv3_1/Relu:0"
@@ -154,10 +152,17 @@ def check_conversion(onnx_path: Path, state: dict[str, torch.Tensor]) -> None:
     pixels = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # RGB in [0, 1]
     caffe = pixels.flip(1) * 255 - torch.tensor(CAFFE_CONVENTION.mean).view(1, 3, 1, 1)  # BGR, mean subtracted
     (expected,) = ReferenceEvaluator(model).run(None, {"input": caffe.permute(0, 2, 3, 1).numpy()})
-    net = VGGFeatures("vgg16", "relu5_3", convention=CAFFE_CONVENTION)
-    net.load_torchvision_state(state)
+    # As VGGFeatures does: RGB less the convention's mean over its std, the first convolution's input flipped.
+    mean, std = CAFFE_CONVENTION.rgb_unit()
+    h = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    names = conv_names()
     with torch.no_grad():
-        ours = net(pixels, ["relu5_3"])["relu5_3"].numpy()  # NCHW, as the graph computes after its Transpose
+        for n, (_, index) in enumerate(names):
+            weight = state[f"features.{index}.weight"]
+            h = F.relu(F.conv2d(h, weight.flip(1) if n == 0 else weight, state[f"features.{index}.bias"], padding=1))
+            if n + 1 < len(names) and names[n + 1][0].endswith("conv1"):
+                h = F.max_pool2d(h, 2)
+    ours = h.numpy()  # NCHW, as the graph computes after its Transpose
     error = float(np.abs(ours - expected).max() / (np.abs(expected).max() + 1e-6))
     if error > 1e-4:
         raise WeightsHashMismatch(f"the converted keras-vgg16 differs from its ONNX graph (relative error {error:.2g})")

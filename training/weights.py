@@ -18,13 +18,21 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from core.files import sha256_file
+from training.conventions import (
+    CAFFE_CONVENTION,
+    TORCHVISION_CONVENTION,
+    InputConvention,
+    WeightsHashMismatch,
+    WeightsNotFound,
+    hub_dir,
+)
 
 # torchvision's IMAGENET1K_V1 files; the names carry the first 8 hex digits of the SHA-256.
 IMAGENET_WEIGHTS = {
@@ -40,47 +48,7 @@ IMAGENET_WEIGHTS = {
 KERAS = "keras-vgg16"
 TORCHVISION = "torchvision"
 DEFAULT_SPEC = KERAS
-
-
-class WeightsNotFound(FileNotFoundError):
-    """No weights were found by any permitted way; the message lists them all."""
-
-
-class WeightsHashMismatch(ValueError):
-    """A weights file exists but is not the file its source publishes."""
-
-
-@dataclass(frozen=True)
-class InputConvention:
-    """How a network wants its input: channel order, range, and per-channel mean and std in that range."""
-
-    order: str  # "RGB" | "BGR"
-    scale: float  # 1.0: [0, 1] input; 255.0: [0, 255]
-    mean: tuple[float, float, float]  # in `order`, in the scaled range
-    std: tuple[float, float, float]
-
-    def rgb_unit(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(mean, std) to apply to RGB in [0, 1]; a BGR network also takes its first convolution flipped."""
-        mean, std = self.mean, self.std
-        if self.order == "BGR":
-            mean, std = mean[::-1], std[::-1]
-        return tuple(m / self.scale for m in mean), tuple(s / self.scale for s in std)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> InputConvention:
-        return cls(
-            order=str(data["order"]),
-            scale=float(data["scale"]),  # type: ignore[arg-type]
-            mean=tuple(data["mean"]),  # type: ignore[arg-type]
-            std=tuple(data["std"]),  # type: ignore[arg-type]
-        )
-
-
-TORCHVISION_CONVENTION = InputConvention("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-CAFFE_CONVENTION = InputConvention("BGR", 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0))
+__all__ = ["CAFFE_CONVENTION", "TORCHVISION_CONVENTION", "InputConvention", "WeightsHashMismatch", "WeightsNotFound"]
 
 
 @dataclass(frozen=True)
@@ -101,10 +69,6 @@ class WeightsInfo:
         if self.source == "keras":
             return f"{KERAS}:{self.sha256[:16]}"
         return f"imagenet:{self.sha256[:16]}"
-
-
-def hub_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def hub_cache_path(arch: str) -> Path:

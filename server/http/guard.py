@@ -47,8 +47,7 @@ class Guard:
         headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in scope["headers"]]
         refusal = self.refusal(scope["path"], headers)
         if refusal is not None:
-            reason, code, message, status = refusal
-            metrics.REJECTED.labels(reason).inc()
+            _, code, message, status = refusal
             logger.info("refused HTTP %s %s: %s", scope["method"], scope["path"], message)
             await error_response(code, message, status=status)(scope, receive, send)
             return
@@ -59,8 +58,9 @@ class Guard:
             self.open -= 1
 
     def refusal(self, path: str, headers: list[tuple[str, str]]) -> tuple[str, grpc.StatusCode, str, int | None] | None:
-        """Why the request is refused before it runs: (metric reason, code, message, HTTP status), or None."""
+        """Why the request is refused before it runs, counted: (metric reason, code, message, HTTP status), or None."""
         if self.open >= self.max_open:
+            metrics.REJECTED.labels("too_many_requests").inc()
             return (
                 "too_many_requests",
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -71,12 +71,15 @@ class Guard:
             token = bearer_token(headers)
             if token is None:
                 message = "this server needs a token: send the header `Authorization: Bearer <token>`"
+                metrics.REJECTED.labels("auth_missing").inc()
                 return "auth_missing", grpc.StatusCode.UNAUTHENTICATED, message, None
             if not token_matches(token, self.digests):
+                metrics.REJECTED.labels("auth_invalid").inc()
                 return "auth_invalid", grpc.StatusCode.UNAUTHENTICATED, "the token is not valid for this server", None
         length = dict(headers).get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
             message = too_large_message(self.max_body_bytes)
+            metrics.REJECTED.labels("too_large").inc()
             return "too_large", grpc.StatusCode.RESOURCE_EXHAUSTED, message, PAYLOAD_TOO_LARGE
         return None
 

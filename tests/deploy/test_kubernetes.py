@@ -20,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from server.config import ServerConfig, env_name
+from server.config import ServerConfig, WorkerConfig, env_name
 from server.jobs.queue import QUEUE_NAME
 from tests.conftest import ROOT
 
@@ -142,7 +142,8 @@ def test_pods_are_restricted_scraped_and_configured_with_real_settings(
     rendered: tuple[str, dict[tuple[str, str], dict[str, Any]]],
 ) -> None:
     _, objects = rendered
-    known = {env_name(f.name) for f in dataclasses.fields(ServerConfig)}
+    # One ConfigMap for the API and the workers: each process reads its own settings from it.
+    known = {env_name(f.name) for config in (ServerConfig, WorkerConfig) for f in dataclasses.fields(config)}
     config = one(objects, "ConfigMap", "stylize-config")["data"]
     assert not set(config) - known, f"not settings of server/config.py: {set(config) - known}"
     metrics_ports = {"stylize-api": DEFAULTS.metrics_port, "stylize-worker": int(config["STYLIZE_WORKER_METRICS_PORT"])}
