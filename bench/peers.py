@@ -97,7 +97,10 @@ def venv(name: str) -> Path:
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([base, "-m", "venv", "--clear", str(target)], check=True)
         pip = [str(target / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.run([*pip, "-r", str(requirements)], check=True)
+        log = VENVS / "logs" / f"{name}-pip.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            subprocess.run([*pip, "-r", str(requirements)], check=True, stdout=out, stderr=subprocess.STDOUT)
         marker.touch()
     return target / "bin"
 
@@ -188,8 +191,14 @@ def http_call(port: int, path: str, body: bytes, headers: dict[str, str], unpack
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)  # kept alive between calls
 
     def call() -> bytes:
-        connection.request("POST", path, body=body, headers=headers)
-        response = connection.getresponse()
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # uvicorn closes a keep-alive connection idle for 5 s (as between blocks): reconnect once
+            connection.close()
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
         data = response.read()
         if response.status != 200:
             raise RuntimeError(f"POST {path}: HTTP {response.status}: {data[:300]!r}")
@@ -367,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     version, graph = newest_fast_graph()
     print(f"{MODEL} version {version}: {graph.relative_to(ROOT)}; {THREADS} ONNX Runtime threads everywhere")
     data = png(SIDE)
+    load_before = os.getloadavg()
     found = peers(graph)
     stylize: Server | None = None
     try:
@@ -396,6 +406,9 @@ def main(argv: list[str] | None = None) -> None:
             "sequential_per_block": args.sequential,
             "requests_per_client_per_block": args.per_client,
             "triton": TRITON,
+            # the machine is shared: its load (runnable processes, 1/5/15 min) before and after the run
+            "load_average_before": [round(x, 1) for x in load_before],
+            "load_average_after": [round(x, 1) for x in os.getloadavg()],
             "command": "python -m bench.peers " + " ".join(argv if argv is not None else sys.argv[1:]),
         }
     )
