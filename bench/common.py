@@ -29,12 +29,30 @@ def machine() -> dict[str, Any]:
     memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     return {
         "cpu": cpu,
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "memory_gib": memory_gib,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
     }
+
+
+# The instruction sets ONNX Runtime's and PyTorch's CPU kernels pick between (of /proc/cpuinfo's ~100 flags).
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """The vector-instruction flags of this CPU that decide which kernels run: AVX2, AVX-512*, VNNI, AMX."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = line.split(":", 1)[1].split()
+            return sorted(f for f in flags if f in SIMD_FLAGS or f.startswith("avx512"))
+    return []
 
 
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:

@@ -8,6 +8,7 @@ much as one at the top (it runs just the same, only later). Imports under
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -34,7 +35,16 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-MODULES = {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+def sources(package: str) -> list[Path]:
+    """The package's .py files, less any virtualenv inside it (bench/peers/<name>-venv, git-ignored)."""
+    found = []
+    for folder, dirs, files in os.walk(ROOT / package):
+        dirs[:] = sorted(d for d in dirs if not (Path(folder, d) / "pyvenv.cfg").exists())
+        found += [Path(folder, f) for f in sorted(files) if f.endswith(".py")]
+    return found
+
+
+MODULES = {module_name(p): p for package in PACKAGES for p in sources(package)}
 
 
 def _type_checking_only(node: ast.If) -> bool:
