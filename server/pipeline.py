@@ -107,11 +107,7 @@ class Engine:
 
         started = time.perf_counter()
         content = x[0].transpose(1, 2, 0)
-        out = y[0].transpose(1, 2, 0)
-        if task.preserve_color:
-            out = imageops.preserve_color(out, content)
-        if not strength_in_graph:
-            out = imageops.blend_strength(out, content, task.strength)
+        out = post_process(task, y[0].transpose(1, 2, 0), content, strength_in_graph)
         data = codec.encode_image(
             codec.nchw_to_rgb(out.transpose(2, 0, 1)),
             alpha,
@@ -203,6 +199,15 @@ class Engine:
         """Drop a removed version's tiled sessions."""
         with self._tiler_lock:
             self._tilers.pop((name, version), None)
+
+
+def post_process(task: StylizeTask, out: np.ndarray, content: np.ndarray, strength_in_graph: bool) -> np.ndarray:
+    """`preserve_color`, then `strength` unless the graph applied it; (H, W, 3) float32 arrays in [0, 1]."""
+    if task.preserve_color:
+        out = imageops.preserve_color(out, content)
+    if not strength_in_graph:
+        out = imageops.blend_strength(out, content, task.strength)
+    return out
 
 
 def style_weight_vector(model: LoadedModel, styles: dict[str, float]) -> np.ndarray:

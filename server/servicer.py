@@ -29,6 +29,7 @@ from server.jobs import convert
 from server.jobs.service import JobService
 from server.pipeline import Engine, StylizeResult
 from server.registry import ModelRegistry
+from server.video import VideoService
 from stylize.v1 import stylize_pb2 as pb
 from stylize.v1 import stylize_pb2_grpc
 
@@ -69,6 +70,7 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
         self.admission = admission
         self.executor = executor
         self.draining = False
+        self.video = VideoService(registry, engine, admission, executor)
 
     @contextlib.asynccontextmanager
     async def _accounted(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Call]:
@@ -207,3 +209,10 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
         async with self._accounted("WatchJob", context):
             async for record in self.jobs.watch(request.id):
                 yield convert.job_message(record)
+
+    async def StylizeVideo(
+        self, requests: AsyncIterator[pb.VideoRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.VideoFrame]:
+        async with self._accounted("StylizeVideo", context) as call:
+            async for frame in self.video.stream(requests, call, context.time_remaining()):
+                yield frame

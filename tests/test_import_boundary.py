@@ -12,6 +12,8 @@ API_MODULES = [
     "server.servicer",
     "server.registry",
     "server.pipeline",
+    "server.video",
+    "server.temporal",
     "server.codec",
     "server.jobs.local",
     "server.jobs.store",
