@@ -9,6 +9,7 @@ BENCHMARKS = [
     "bench.presets",
     "bench.serving",
     "bench.batching",
+    "bench.video",
     "bench.gpu_serving",
     "bench.gatys",
     "bench.gatys_stability",
