@@ -246,27 +246,34 @@ def cmd_optimize(client: StylizeClient, args: argparse.Namespace) -> int:
 class ProgressLine:
     """`[#####.....] 120/300 frames 14.2 fps` on stderr: redrawn on a terminal, a line per tenth in a log."""
 
-    def __init__(self, total: int) -> None:
-        self.total = total
+    def __init__(self) -> None:
         self.started = time.monotonic()
         self.tty = sys.stderr.isatty()
         self.shown = -1
+        self.done = self.total = 0
 
-    def update(self, done: int) -> None:
-        tenth = 10 * done // self.total if self.total else done // 100
-        if not self.tty and tenth == self.shown:
-            return
-        self.shown = tenth
-        fps = done / max(time.monotonic() - self.started, 1e-9)
+    def update(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        tenth = 10 * done // total if total else done // 100
+        if self.tty or tenth != self.shown:
+            self.shown = tenth
+            self.show()
+
+    def show(self) -> None:
+        fps = self.done / max(time.monotonic() - self.started, 1e-9)
         if self.total:
             width = 24
-            bar = "#" * (width * min(done, self.total) // self.total)
-            line = f"[{bar.ljust(width, '.')}] {done}/{self.total} frames {fps:.1f} fps"
+            bar = "#" * (width * min(self.done, self.total) // self.total)
+            line = f"[{bar.ljust(width, '.')}] {self.done}/{self.total} frames {fps:.1f} fps"
         else:
-            line = f"{done} frames {fps:.1f} fps"
+            line = f"{self.done} frames {fps:.1f} fps"
         print("\r\033[K" + line if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        """The last state, if a log has not seen it yet, and the end of a terminal's line."""
+        if not self.tty and self.done and self.done != self.total:
+            self.total = self.done  # the container's count was an estimate
+            self.show()
         if self.tty:
             print(file=sys.stderr)
 
@@ -278,13 +285,7 @@ def cmd_video(client: StylizeClient, args: argparse.Namespace) -> int:
     if not source.is_file():
         raise SystemExit(f"stylize: {source} does not exist")
     out = args.out or source.with_name(f"{source.stem}.{args.model}{source.suffix}")
-    progress: ProgressLine | None = None
-
-    def report(done: int, total: int) -> None:
-        nonlocal progress
-        progress = progress or ProgressLine(total)
-        progress.update(done)
-
+    progress = ProgressLine()
     try:
         summary = stylize_video_file(
             client,
@@ -292,7 +293,7 @@ def cmd_video(client: StylizeClient, args: argparse.Namespace) -> int:
             out,
             args.model,
             temporal=0.0 if args.no_temporal else args.temporal,
-            progress=report,
+            progress=progress.update,
             styles=parse_style_weights(args.style),
             style_images=[Path(p).read_bytes() for p in args.style_image],
             style_image_weights=args.style_image_weight,
@@ -308,8 +309,7 @@ def cmd_video(client: StylizeClient, args: argparse.Namespace) -> int:
         print(f"\nstylize: {source}: {exc.code().name}: {exc.details()}; {out} not written", file=sys.stderr)
         return 1
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     audio = ", audio copied" if summary.audio else ""
     print(
         f"{source} -> {out} ({summary.frames} frames at {summary.width}x{summary.height}{audio}, "

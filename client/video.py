@@ -92,8 +92,10 @@ def _write(
     reading = threading.Lock()  # the request thread decodes; close the reader only when it is not inside
     stop = threading.Event()
     video_in = reader.streams.video[0]
-    total = int(video_in.frames or 0)
     rate = video_in.average_rate or video_in.guessed_rate or Fraction(25)
+    total = int(video_in.frames or 0)
+    if not total and reader.duration:  # Matroska and others keep no frame count: estimate it
+        total = round(reader.duration / av.time_base * rate)
     timestamps: collections.deque[tuple[int | None, Fraction | None]] = collections.deque()
 
     def frames() -> Iterator[pb.RawImage]:
