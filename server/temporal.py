@@ -15,8 +15,8 @@ README "Video". The flow is OpenCV's DIS (Kroeger et al. 2016) on grey levels,
 12 ms per direction at 512x384 on two EPYC cores (the FAST preset), against
 ~260 ms for the `fast` network there.
 
-Arrays: RGB images are (H, W, 3) float32 in [0, 1], grey frames (H, W) uint8,
-flows (H, W, 2) float32 in pixels (x, y). Pure numpy and cv2, no state but the
+Arrays: images (H, W, 3), uint8 or float32 (any scale: warping and blending are
+linear), grey frames (H, W) uint8, flows (H, W, 2) float32 in pixels (x, y). Pure numpy and cv2, no state but the
 `TemporalBlender`'s previous frame, which a stream owns.
 """
 
@@ -131,10 +131,11 @@ def blend(stylized: np.ndarray, warped: np.ndarray, mask: np.ndarray, strength: 
 
 @dataclass
 class TemporalBlender:
-    """A stream's temporal state: the previous input frame (grey) and the previous output, nothing else.
+    """A stream's temporal state: the previous input frame (grey) and the previous output as sent, nothing
+    else: 4 bytes a pixel.
 
-    Call it with each input frame and its stylised output, in order; it returns the output to send.
-    `strength` 0 passes outputs through untouched (and computes no flow).
+    Call it with each input frame and its stylised frame, in order; it returns the frame to send.
+    `strength` 0 passes frames through untouched (and computes no flow).
     """
 
     strength: float
@@ -143,21 +144,25 @@ class TemporalBlender:
     _previous_output: np.ndarray | None = field(default=None, repr=False)
 
     def __call__(self, frame: np.ndarray, stylized: np.ndarray) -> np.ndarray:
-        """`frame` (H, W, 3) uint8, the input; `stylized` (H, W, 3) float32 in [0, 1]."""
+        """`frame` and `stylized`: (H, W, 3) uint8, the input and the network's output for it."""
         if self.strength <= 0.0:
             return stylized
         current = gray(frame)
         out = stylized
         if self._previous_gray is not None and self._previous_output is not None:
-            out = self.blend_previous(current, stylized)
+            out = self.blend_previous(current, stylized, self._previous_gray, self._previous_output)
         self._previous_gray, self._previous_output = current, out
         return out
 
-    def blend_previous(self, current: np.ndarray, stylized: np.ndarray) -> np.ndarray:
-        assert self._previous_gray is not None and self._previous_output is not None
+    def blend_previous(
+        self, current: np.ndarray, stylized: np.ndarray, previous_gray: np.ndarray, previous_output: np.ndarray
+    ) -> np.ndarray:
         if self._dis is None:
             self._dis = new_flow_estimator()
-        backward = optical_flow(self._dis, current, self._previous_gray)
-        forward = optical_flow(self._dis, self._previous_gray, current)
-        warped = warp(self._previous_output, backward)
-        return blend(stylized, warped, visible_mask(backward, forward), self.strength)
+        backward = optical_flow(self._dis, current, previous_gray)
+        forward = optical_flow(self._dis, previous_gray, current)
+        warped = warp(previous_output, backward)
+        mixed = blend(
+            stylized.astype(np.float32), warped.astype(np.float32), visible_mask(backward, forward), self.strength
+        )
+        return np.asarray(np.clip(mixed + 0.5, 0, 255), np.uint8)
