@@ -279,7 +279,9 @@ class ProgressLine:
 
 
 def cmd_video(client: StylizeClient, args: argparse.Namespace) -> int:
-    from client.video import stylize_video_file  # PyAV loads FFmpeg: only for this command
+    import av  # FFmpeg's libraries: loaded for this command only
+
+    from client.video import stylize_video_file
 
     source = Path(args.input)
     if not source.is_file():
@@ -307,6 +309,9 @@ def cmd_video(client: StylizeClient, args: argparse.Namespace) -> int:
         return 130
     except grpc.RpcError as exc:
         print(f"\nstylize: {source}: {exc.code().name}: {exc.details()}; {out} not written", file=sys.stderr)
+        return 1
+    except (av.FFmpegError, OSError, ValueError) as exc:  # unreadable input, a codec the container cannot hold
+        print(f"\nstylize: {source}: {exc}; {out} not written", file=sys.stderr)
         return 1
     finally:
         progress.close()

@@ -74,6 +74,10 @@ def test_video_options_reach_the_server(server: RunningServer, tmp_path: Path) -
     assert probe(tmp_path / "clip.tiny.webm") == (4, Fraction(RATE), False, (48, 32))
     bad = run_cli(server, "video", str(source), "-m", "tiny", "--strength", "2")
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "strength" in bad.stderr
+    (tmp_path / "notes.mp4").write_text("not a video")
+    unreadable = run_cli(server, "video", str(tmp_path / "notes.mp4"), "-m", "tiny", "-o", str(tmp_path / "x.mp4"))
+    assert unreadable.returncode == 1 and "not written" in unreadable.stderr
+    assert not (tmp_path / "x.mp4").exists() and not list(tmp_path.glob(".x.*"))
 
 
 def test_ctrl_c_leaves_no_file(server: RunningServer, tmp_path: Path) -> None:
