@@ -2,7 +2,7 @@
 
 Each method runs inside `_accounted` (through `_call` for unary methods), which
 counts it, times it, logs it with a request id and maps exceptions through
-`server.errors.status_for`; WatchJob streams inside it too.
+`server.errors.status_for`; WatchJob and StylizeVideo (server/video.py) stream inside it too.
 """
 
 from __future__ import annotations
