@@ -70,11 +70,11 @@ def test_mask_drops_the_background_a_moving_object_uncovers() -> None:
         frames.append(temporal.gray(frame))
     dis = temporal.new_flow_estimator()
     backward = temporal.optical_flow(dis, frames[1], frames[0])
-    mask = temporal.visible_mask(backward, temporal.optical_flow(dis, frames[0], frames[1]))
-    uncovered = mask[50:78, 42:50]  # behind the object in the previous frame, background now
+    mask = temporal.visible_mask(backward, temporal.optical_flow(dis, frames[0], frames[1]), frames[1], frames[0])
+    uncovered = mask[50:78, 40:52]  # behind the object in the previous frame, background now
     still = mask[:30, :]
-    assert uncovered.mean() < 0.5
-    assert still.mean() > 0.9
+    assert uncovered.mean() == 0
+    assert still.mean() > 0.8  # conservative: DIS spreads some of the motion over the flat background nearby
 
 
 def test_blend_weights_the_warped_output_by_strength_where_visible() -> None:
