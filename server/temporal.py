@@ -12,8 +12,8 @@ rest is blended with the current stylised frame:
 Blending the outputs, rather than feeding a blend of the warped output and the
 frame to the network, was chosen by measurement (`python -m bench.video`): see
 README "Video". The flow is OpenCV's DIS (Kroeger et al. 2016) on grey levels,
-12 ms per direction at 512x384 on two EPYC cores (the FAST preset), against
-~260 ms for the `fast` network there.
+the FAST preset; one temporal step cost 30 ms a frame at 512x384 on two EPYC
+cores, where the `fast` network took 120 ms (bench/results/video.json).
 
 Arrays: images (H, W, 3), uint8 or float32 (any scale: warping and blending are
 linear), grey frames (H, W) uint8, flows (H, W, 2) float32 in pixels (x, y). Pure numpy and cv2, no state but the
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-# DIS presets: ULTRAFAST 6 ms, FAST 12 ms, MEDIUM 55 ms per flow at 512x384 (bench/results/video.json);
-# FAST finds a whole-pixel pan to 0.02 px, ULTRAFAST to 0.05 px.
+# DIS presets per flow at 512x384 (bench/results/video.json, and an earlier quieter run): ULTRAFAST 6-7 ms,
+# FAST 10-21 ms, MEDIUM 61-120 ms; FAST finds the bench's whole-pixel pan to 0.07 px, ULTRAFAST to 0.14 px.
 FLOW_PRESET = cv2.DISOPTICAL_FLOW_PRESET_FAST
 # Frames beyond this side get their flow at this size and scaled up: DIS's cost grows with the pixels and
 # the flow of a video is smooth.
@@ -45,8 +45,8 @@ BOUNDARY_ABSOLUTE = 0.002
 # both ways) passes those two checks: so a pixel is also masked where the previous input frame, warped,
 # misses the current one by more than PHOTOMETRIC_TOLERANCE grey levels, and the mask is eroded by
 # ERODE_PX. Measured on bench/video.py's disc crossing the pan (great_wave, temporal 0.8): the background
-# it uncovers differed from per-frame stylisation by 6.8 (a trail) with the flow checks alone, 0.2 with
-# both additions, for flicker 0.25x instead of 0.19x of per-frame's.
+# it uncovers differed from per-frame stylisation by 6.7 (a trail) with the flow checks alone, 0.14 with
+# both additions, for flicker 0.27x instead of 0.20x of per-frame's.
 PHOTOMETRIC_TOLERANCE = 12
 ERODE_PX = 2
 
