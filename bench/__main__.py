@@ -8,6 +8,7 @@ BENCHMARKS = [
     "bench.codec",
     "bench.presets",
     "bench.serving",
+    "bench.http",
     "bench.batching",
     "bench.video",
     "bench.gpu_serving",

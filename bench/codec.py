@@ -3,7 +3,7 @@
     python -m bench.codec
 
 The service's default response codec comes from this table: PNG written by
-server/codec.py (Up filter, ISA-L deflate level 1) rather than by Pillow (five
+core/codec.py (Up filter, ISA-L deflate level 1) rather than by Pillow (five
 filters tried per row, zlib), whose default level 6 and even level 1 cost more
 than the `fast` network's inference at 1024 px. JPEG stays with Pillow
 (libjpeg-turbo).
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from bench.common import summary, table, time_calls, write_result
-from server.codec import OutputFormat, decode_image, encode_image
+from core.codec import OutputFormat, decode_image, encode_image
 
 PHOTO = "data/content/kodim23.png"
 

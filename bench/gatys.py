@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from bench.common import table, write_result
 from bench.gatys_reference import get_style_model_and_losses, run_style_transfer
-from server.codec import load_image_file
+from core.codec import load_image_file
 from training.gatys import Cancelled, GatysConfig, Progress, optimize, resize_long_side, to_tensor
 from training.vgg import VGGFeatures, load_vgg
 

@@ -21,8 +21,9 @@ import os
 import torch
 
 from bench.common import table, write_result
-from server.codec import load_image_file
-from training.gatys import GatysConfig, LossNetwork, _Objective, optimize, resize_long_side, to_tensor
+from core.codec import load_image_file
+from training.gatys import GatysConfig, optimize, to_tensor
+from training.gatys_loss import LossNetwork, Objective, resize_long_side
 from training.vgg import load_vgg
 
 PAIRS = [
@@ -41,7 +42,7 @@ def pair(content_name: str, style_name: str, side: int) -> tuple[torch.Tensor, t
     return resize_long_side(content, side)[0], resize_long_side(style, side)[0]
 
 
-def plain(objective: _Objective, content: torch.Tensor, iterations: int) -> tuple[torch.Tensor, list[float]]:
+def plain(objective: Objective, content: torch.Tensor, iterations: int) -> tuple[torch.Tensor, list[float]]:
     """The neural-style / tutorial loop: the last image and every evaluated loss."""
     x = content.unsqueeze(0).clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([x], lr=1, max_iter=1, history_size=100, tolerance_grad=0, tolerance_change=0)
@@ -83,9 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for content_name, style_name in PAIRS:
         content, style = pair(content_name, style_name, args.side)
-        objective = _Objective(net, config, content.unsqueeze(0), [style.unsqueeze(0)])
+        objective = Objective(net, config, content.unsqueeze(0), [style.unsqueeze(0)])
 
-        def final_loss(image: torch.Tensor, objective: _Objective = objective) -> float:
+        def final_loss(image: torch.Tensor, objective: Objective = objective) -> float:
             with torch.no_grad():
                 return float(objective(image.unsqueeze(0))[3])
 

@@ -30,7 +30,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from bench.common import table, time_calls, write_result
-from server.codec import rgb_to_nchw
+from core.codec import rgb_to_nchw
 from server.fp16 import fp16_graph
 from server.runtime import RuntimeOptions, Session, create_session, why_no_cuda
 

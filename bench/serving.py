@@ -40,8 +40,8 @@ from PIL import Image
 from bench.common import run_concurrently, summary, table, time_calls, write_result
 from bench.peer import peer_feeds, peer_model_path, session
 from client import StylizeClient
+from core.codec import rgb_to_nchw
 from export.onnx_export import ClampedOutput, export_graph, image_input
-from server.codec import rgb_to_nchw
 from stylize.v1 import stylize_pb2 as pb
 from training.adain import AdaINConfig, AdaINNet
 from training.conditional_net import ConditionalNetConfig, ConditionalStyleNet
@@ -162,7 +162,18 @@ class Server:
         }
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(self.port), "--metrics-port", "0", *extra],
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "--port",
+                str(self.port),
+                "--metrics-port",
+                "0",
+                "--http-port",
+                "0",
+                *extra,
+            ],
             cwd=ROOT,
             env=env,
             stdout=self.log,

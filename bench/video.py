@@ -43,8 +43,8 @@ from PIL import Image, ImageDraw
 from bench.common import table, write_result
 from bench.peer import session
 from bench.serving import THREADS, Server
+from core.codec import rgb_to_nchw
 from server import temporal
-from server.codec import rgb_to_nchw
 from server.validation import DEFAULT_TEMPORAL
 from stylize.v1 import stylize_pb2 as pb
 from training.losses import gram_matrix, style_loss
@@ -109,7 +109,7 @@ class StyleLoss:
 
 
 def codec_resize(rgb: np.ndarray, max_side: int) -> np.ndarray:
-    from server.codec import resize_max_side
+    from core.codec import resize_max_side
 
     return resize_max_side(rgb, max_side)
 

@@ -50,6 +50,9 @@ class StylizeClient:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Calls spread over every address the target resolves to (a Kubernetes headless Service:
+            # dns:///stylize-api.stylize.svc.cluster.local:50051), not all on the first one's connection.
+            ("grpc.lb_policy_name", "round_robin"),
         ]
         if tls_ca is not None:
             credentials = grpc.ssl_channel_credentials(tls_ca, private_key=tls_key, certificate_chain=tls_cert)

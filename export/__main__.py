@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from core.repository import ModelSpec, write_version
 from export.families import plan_export
-from export.model_repo import write_version
 from export.onnx_export import (
     OPSET,
     PARITY_TOLERANCE,
@@ -30,12 +30,21 @@ from export.onnx_export import (
     set_metadata,
     store_weights_fp16,
 )
-from server.repository import ModelSpec
 from training import loop
 
 logger = logging.getLogger("export")
 
-PROVENANCE_KEYS = ("loss_weights", "loss_network", "data", "config", "command", "code_version", "step")
+PROVENANCE_KEYS = (
+    "loss_weights",
+    "loss_network",
+    "data",
+    "config",
+    "model_config",
+    "command",
+    "code_version",
+    "step",
+    "seconds",
+)
 
 
 @dataclass(frozen=True)

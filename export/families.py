@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.repository import GraphSpec, TensorSpec
 from export.onnx_export import ClampedOutput, GraphInput, image_input
-from server.repository import GraphSpec, TensorSpec
 from training.adain import AdaINConfig, AdaINNet, StyleEncoder
 from training.conditional_net import ConditionalNetConfig, ConditionalStyleNet
 from training.transformer_net import TransformerNet, TransformerNetConfig
@@ -102,7 +102,7 @@ def plan_arbitrary(checkpoint: dict[str, Any]) -> ExportPlan:
         spec=GraphSpec(
             "style_encoder.onnx",
             [tensor("style", IMAGE, "style image, RGB in [0, 1]")],
-            [tensor("style_stats", stats_shape, "[mean, std] of VGG-19 relu4_1 per channel")],
+            [tensor("style_stats", stats_shape, "[mean, std] of the encoder VGG's relu4_1 per channel")],
         ),
         fp16_storage=True,
     )

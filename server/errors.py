@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-from server.codec import ImageDecodeError, ImageTooLarge
+from core.codec import ImageDecodeError, ImageTooLarge
 
 
 class ServiceError(Exception):
@@ -43,6 +43,18 @@ class ServiceUnavailable(ServiceError):
     """A dependency (the job queue, the workers) cannot take the request now."""
 
 
+class MessageTooLarge(ServiceError):
+    """A request body over STYLIZE_MAX_MESSAGE_BYTES (gRPC refuses those itself; the HTTP door raises this)."""
+
+
+class ClientGone(ServiceError):
+    """The caller closed the connection before the answer (gRPC cancels the handler; the HTTP door raises this)."""
+
+
+class NotReady(ServiceError):
+    """What was asked for does not exist yet: a job's result before it succeeded, a preview before the first."""
+
+
 STATUS: dict[type[Exception], grpc.StatusCode] = {
     ImageTooLarge: grpc.StatusCode.INVALID_ARGUMENT,
     ImageDecodeError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -50,6 +62,9 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     UnknownModel: grpc.StatusCode.NOT_FOUND,
     JobNotFound: grpc.StatusCode.NOT_FOUND,
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    MessageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NotReady: grpc.StatusCode.FAILED_PRECONDITION,
+    ClientGone: grpc.StatusCode.CANCELLED,
     Draining: grpc.StatusCode.UNAVAILABLE,
     ServiceUnavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,

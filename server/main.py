@@ -9,6 +9,8 @@ loss network, then the port opens, and only then does health say SERVING (the
 job service, "stylize.jobs", once its workers are ready). Shutdown reverses it:
 NOT_SERVING first; queued jobs fail, running ones get `grace_seconds` to finish
 (watchers see their final state); then in-flight calls get `grace_seconds`.
+The HTTP API (STYLIZE_HTTP_PORT, server/http/) opens with the gRPC port and
+closes after it: two front doors to one StylizeService.
 With STYLIZE_QUEUE the jobs live in Redis and run on their own workers: a
 replica that stops fails none of them (server/jobs/distributed.py).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,17 +31,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from server import codec, metrics
+from core import codec
+from server import metrics
 from server.admission import Admission
 from server.auth import TokenInterceptor, check_binding, load_tokens, server_credentials
 from server.config import ServerConfig
-from server.jobs.local import LocalJobService
+from server.http.serve import start_http
+from server.jobs.local import LocalJobService, PoolSettings
 from server.jobs.model import JobLimits
 from server.jobs.service import DisabledJobService, JobService
 from server.pipeline import Engine, EngineSettings
 from server.registry import Changes, ModelRegistry
 from server.runtime import RuntimeOptions, cuda_device_count, resolve_device
-from server.servicer import FAMILIES, StyleTransferServicer
+from server.service import FAMILIES, StylizeService
+from server.servicer import StyleTransferServicer
 from server.style_cache import StyleStatsCache
 from stylize.v1 import stylize_pb2, stylize_pb2_grpc
 
@@ -57,17 +63,33 @@ def build_job_service(config: ServerConfig) -> JobService:
     )
     if config.queue:
         try:
-            from server.jobs.distributed import RedisJobService  # Celery and Redis: the `queue` extra
+            from server.jobs.distributed import QueueClientSettings, RedisJobService  # the `queue` extra
         except ImportError as exc:
             return DisabledJobService(
                 f"STYLIZE_QUEUE is set but {exc}: install the queue extra (pip install -e '.[queue]')", limits
             )
-        return RedisJobService(config)
+        queue = QueueClientSettings(
+            url=config.queue,
+            max_queued=config.max_jobs_queued,
+            retention_seconds=config.job_retention_seconds,
+            update_interval_seconds=config.job_update_interval_seconds,
+            visibility_timeout_seconds=config.queue_visibility_timeout_seconds,
+        )
+        return RedisJobService(queue, limits)
     if config.local_workers == 0:
         return DisabledJobService(
             "this server runs no Gatys job service (STYLIZE_LOCAL_WORKERS=0 and no STYLIZE_QUEUE)", limits
         )
-    return LocalJobService(config)
+    pool = PoolSettings(
+        processes=config.local_workers,
+        max_queued=config.max_jobs_queued,
+        retention_seconds=config.job_retention_seconds,
+        update_interval_seconds=config.job_update_interval_seconds,
+        start_timeout_seconds=config.worker_start_timeout_seconds,
+    )
+    # The host's cores shared out: two job processes each using every core only fight over them.
+    process = config.job_process(threads=max(1, (os.cpu_count() or 1) // config.local_workers))
+    return LocalJobService(pool, process, limits)
 
 
 def runtime_options(config: ServerConfig) -> RuntimeOptions:
@@ -99,6 +121,7 @@ def record_models(registry: ModelRegistry, changes: Changes) -> None:
             metrics.MODEL_INFO.labels(model.name, str(version.version), model.spec.family).set(1)
             metrics.MODEL_WARMUP_SECONDS.labels(model.name, str(version.version)).set(version.warmup_seconds)
         metrics.MODEL_PROVIDER.labels(model.name, model.newest.provider).set(1)
+        metrics.TILED.labels(model.name)  # at 0 until its first tiled call
     metrics.MODEL_LOAD_FAILURES.clear()
     for name in registry.failures:
         metrics.MODEL_LOAD_FAILURES.labels(name).set(1)
@@ -178,6 +201,7 @@ async def serve(config: ServerConfig) -> None:
     await jobs.start()  # spawns the workers: before any gRPC thread exists
     options = runtime_options(config)
     metrics.CUDA_DEVICES.set(cuda_device_count()[0])
+    metrics.start_at_zero(m.name for m in stylize_pb2.DESCRIPTOR.services_by_name["StyleTransfer"].methods)
     registry = ModelRegistry(config.models, options, config.warmup_sides)
     record_models(registry, registry.load_all())
     codec.warm_up()
@@ -198,7 +222,7 @@ async def serve(config: ServerConfig) -> None:
     threads = config.max_concurrent + (config.max_batch if config.batch_window_ms else 0)
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
     admission = Admission(threads, config.max_queue)
-    servicer = StyleTransferServicer(config, registry, admission, executor, jobs, engine)
+    service = StylizeService(registry, admission, executor, jobs, engine)
 
     # The workers load their loss network while the models load; the port opens once both are done.
     if not await jobs.wait_ready(config.worker_start_timeout_seconds):
@@ -206,11 +230,12 @@ async def serve(config: ServerConfig) -> None:
         log("Gatys jobs unavailable: %s", jobs.unavailable_reason)
 
     server, port = grpc_server(config)
-    stylize_pb2_grpc.add_StyleTransferServicer_to_server(servicer, server)
+    stylize_pb2_grpc.add_StyleTransferServicer_to_server(StyleTransferServicer(service), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     await server.start()
+    http = await start_http(config, service, health_servicer, SERVICE_NAME) if config.http_port else None
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_host)
         logger.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
@@ -243,11 +268,13 @@ async def serve(config: ServerConfig) -> None:
     await stop.wait()
 
     logger.info("shutting down: health NOT_SERVING, %.0f s grace for calls in flight", config.grace_seconds)
-    servicer.draining = True
+    service.draining = True
     if watcher is not None:
         watcher.cancel()
     await health_servicer.enter_graceful_shutdown()
     await jobs.stop(config.grace_seconds)
     await server.stop(config.grace_seconds)
+    if http is not None:
+        await http.stop()
     executor.shutdown(wait=True, cancel_futures=True)
     logger.info("stopped")

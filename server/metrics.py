@@ -3,10 +3,20 @@
 Names follow Prometheus practice: the `stylize_` prefix, base units, `_total`
 on counters, histograms with buckets at the latencies that matter, and few,
 bounded labels (method, model, code name; never a request or job id).
+
+Every labelled counter whose label values are known exists at 0 from the first scrape
+(Prometheus' instrumentation practice, "avoid missing metrics"; go-grpc-prometheus does
+the same for every method and code): `rate()` then sees the first event instead of a
+series appearing at 1, and a ratio alert has its denominator before anything failed.
+Fixed values are created here; the API's methods at start-up (`start_at_zero`) and each
+model as it loads (server/main.py's record_models).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from server.gpu import GpuMemoryCollector
@@ -16,22 +26,38 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # 128^2 .. 4096^2 pixels.
 PIXEL_BUCKETS = tuple(float(side * side) for side in (128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096))
 
-REQUESTS = Counter("stylize_requests", "gRPC calls finished, by method and status code", ["method", "code"])
+# `protocol` is the front door, grpc or http (server/http/); `code` is the gRPC status code name for both.
+REQUESTS = Counter(
+    "stylize_requests", "Calls finished, by method, status code and protocol", ["method", "code", "protocol"]
+)
 REQUEST_SECONDS = Histogram(
     "stylize_request_duration_seconds",
     "Time from receiving a call to answering it",
-    ["method", "model"],
+    ["method", "model", "protocol"],
     buckets=LATENCY_BUCKETS,
 )
-IN_FLIGHT = Gauge("stylize_requests_in_flight", "Calls being handled now", ["method"])
+IN_FLIGHT = Gauge("stylize_requests_in_flight", "Calls being handled now", ["method", "protocol"])
 QUEUED = Gauge("stylize_requests_queued", "Stylize calls admitted and waiting for an inference slot")
 QUEUE_WAIT_SECONDS = Histogram(
     "stylize_queue_wait_seconds", "Time a Stylize call waited for an inference slot", buckets=LATENCY_BUCKETS
 )
 REJECTED = Counter("stylize_requests_rejected", "Calls refused before any work, by reason", ["reason"])
+# server/admission.py (queue_full, deadline, cancelled), server/jobs/ (jobs_queue_full), server/auth.py via main.py.
+REJECTION_REASONS = (
+    "queue_full",
+    "deadline",
+    "cancelled",
+    "jobs_queue_full",
+    "auth_missing",
+    "auth_invalid",
+    "too_many_requests",  # the HTTP port's open-request limit (server/http/guard.py)
+    "too_large",  # an HTTP body over the message limit
+)
+PROTOCOLS = ("grpc", "http")
+STATUS_CODES = tuple(code.name for code in grpc.StatusCode)
 STAGE_SECONDS = Histogram(
     "stylize_stage_duration_seconds",
-    "Time in each stage of a Stylize call: decode, inference, encode",
+    "Time in each stage of a Stylize call: decode, style (the arbitrary family's style encoder), inference, encode",
     ["stage", "model"],
     buckets=LATENCY_BUCKETS,
 )
@@ -54,6 +80,7 @@ MODEL_LOAD_FAILURES = Gauge(
 JOB_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0)
 JOBS_SUBMITTED = Counter("stylize_jobs_submitted", "Gatys jobs accepted")
 JOBS_FINISHED = Counter("stylize_jobs_finished", "Gatys jobs ended, by final state", ["state"])
+JOB_FINAL_STATES = ("succeeded", "failed", "cancelled")  # server/jobs/model.py's JobState.final
 JOBS_QUEUED = Gauge("stylize_jobs_queued", "Gatys jobs waiting for a worker")
 JOBS_RUNNING = Gauge("stylize_jobs_running", "Gatys jobs running on a worker")
 JOB_SECONDS = Histogram(
@@ -72,6 +99,7 @@ WORKER_RESTARTS = Counter("stylize_worker_restarts", "Gatys worker processes rep
 STYLE_CACHE = Counter(
     "stylize_style_cache_requests", "Arbitrary-style statistics looked up in the cache, by result", ["result"]
 )
+STYLE_CACHE_RESULTS = ("hit", "miss")
 TILED = Counter("stylize_tiled_requests", "Stylize calls beyond the pixel budget, run tiled", ["model"])
 BATCH_SIZE = Histogram(
     "stylize_batch_size", "Images per inference (dynamic batching joins same-size calls)", buckets=(1, 2, 4, 8, 16)
@@ -130,9 +158,30 @@ WORKER_REQUEUED = Counter(
     ["reason"],
     registry=WORKER_REGISTRY,
 )
+REQUEUE_REASONS = ("worker_died", "shutdown")
 WORKER_DUPLICATES = Counter(
     "stylize_worker_duplicate_deliveries",
     "Deliveries of a job another worker still ran: a visibility timeout shorter than the job",
     registry=WORKER_REGISTRY,
 )
 WORKER_REGISTRY.register(GpuMemoryCollector())
+
+
+def _at_zero(counter: Counter, values: Iterable[str]) -> None:
+    for value in values:
+        counter.labels(value)
+
+
+_at_zero(REJECTED, REJECTION_REASONS)
+_at_zero(JOBS_FINISHED, JOB_FINAL_STATES)
+_at_zero(STYLE_CACHE, STYLE_CACHE_RESULTS)
+_at_zero(WORKER_JOBS_FINISHED, JOB_FINAL_STATES)
+_at_zero(WORKER_REQUEUED, REQUEUE_REASONS)
+
+
+def start_at_zero(methods: Iterable[str]) -> None:
+    """Every status code of every method on both front doors at 0, before the first call (`serve()`, once)."""
+    for method in methods:
+        for protocol in PROTOCOLS:
+            for code in STATUS_CODES:
+                REQUESTS.labels(method, code, protocol)

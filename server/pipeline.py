@@ -1,11 +1,15 @@
 """One Stylize request, start to end, synchronously: decode, resize, infer, post-process, encode.
 
 Runs on an executor thread (ONNX Runtime and Pillow release the GIL for their
-heavy parts). `Engine.family_inputs` builds what each family's graph takes
-besides the image (a style blend, cached style statistics); everything around
-it is shared: `strength` is a blend with the content (inside the graph for AdaIN,
-which has its own alpha), `preserve_color` a luminance-only transfer, and images
-beyond the pixel budget run tiled (server/tiling.py).
+heavy parts); `check_family` runs before, on the event loop, so a request the
+model cannot take is refused before it waits for a slot or a pixel is decoded.
+The image changes layout once each way: (H, W, 3) bytes -> (1, 3, H, W) floats
+after decoding, and back in the encoder; post-processing works in between.
+`Engine.family_inputs` builds what each family's graph takes besides the image
+(a style blend, cached style statistics); everything around it is shared:
+`strength` is a blend with the content (inside the graph for AdaIN, which has
+its own alpha), `preserve_color` a luminance-only transfer, and images beyond
+the pixel budget run tiled (server/tiling.py).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from server import codec, imageops, metrics
+from core import codec, imageops
+from core.codec import OutputFormat
+from server import metrics
 from server.batching import Batcher, shape_key, unbatched
-from server.codec import OutputFormat
 from server.errors import InvalidRequest
 from server.registry import LoadedModel, LoadedVersion
 from server.runtime import RuntimeOptions, create_session
@@ -49,6 +54,7 @@ class StylizeTask:
 @dataclass
 class Timings:
     decode_seconds: float = 0.0
+    style_seconds: float = 0.0  # arbitrary family: style images decoded and encoded (0 on cache hits)
     inference_seconds: float = 0.0
     encode_seconds: float = 0.0
 
@@ -85,6 +91,7 @@ class Engine:
         self._tiler_lock = threading.Lock()
 
     def run(self, task: StylizeTask, model: LoadedModel, version: LoadedVersion) -> StylizeResult:
+        check_family(task, model)  # the servicer checked before admission; callers of the engine alone get it here
         timings = Timings()
         started = time.perf_counter()
         image = codec.decode_image(task.content, max_pixels=self.settings.max_pixels, what="content image")
@@ -97,19 +104,23 @@ class Engine:
             raise InvalidRequest(
                 f"the content image is {width}x{height} after resizing; both sides must be at least {MIN_SIDE} pixels"
             )
-        x = codec.rgb_to_nchw(rgb)  # (1, 3, H, W)
-        extra, strength_in_graph = self.family_inputs(task, model, version)
+        x = codec.rgb_to_nchw(rgb)  # (1, 3, H, W): the one conversion in
         timings.decode_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        extra, strength_in_graph = self.family_inputs(task, model, version)
+        if model.spec.family == "arbitrary":  # the style encoder's time; the other families have none
+            timings.style_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
         y = self.infer(model, version, x, extra)  # (1, 3, H, W) in [0, 1]
         timings.inference_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        content = x[0].transpose(1, 2, 0)
-        out = post_process(task, y[0].transpose(1, 2, 0), content, strength_in_graph)
+        content, out = x[0], y[0]  # (3, H, W): post-processed in the graphs' layout, converted once to encode
+        out = post_process(task, out, content, strength_in_graph)
         data = codec.encode_image(
-            codec.nchw_to_rgb(out.transpose(2, 0, 1)),
+            codec.nchw_to_rgb(out),
             alpha,
             task.output_format,
             jpeg_quality=task.jpeg_quality,
@@ -123,29 +134,15 @@ class Engine:
     ) -> tuple[dict[str, np.ndarray], bool]:
         """The graph's inputs besides the image, and whether the graph applies `strength` itself."""
         family = model.spec.family
-        if family != "arbitrary" and task.style_images:
-            raise InvalidRequest(
-                f"model {model.name!r} is {family.replace('_', '-')}: style images only go to arbitrary-style models"
-            )
-        if family == "per_style":
-            if task.styles and set(task.styles) != set(model.spec.styles):
-                raise InvalidRequest(
-                    f"model {model.name!r} has the one style {model.spec.styles[0]!r}; leave `styles` empty"
-                )
-            return {}, False
         if family == "multi_style":
             return {"style_weights": style_weight_vector(model, task.styles)}, False
         if family == "arbitrary":
-            if task.styles:
-                raise InvalidRequest(f"model {model.name!r} takes style images, not style names")
             stats = self.style_statistics(task, model, version)
             return {"style_stats": stats, "strength": np.array([[task.strength]], np.float32)}, True
-        raise InvalidRequest(f"model {model.name!r} has the unknown family {family!r}")
+        return {}, False
 
     def style_statistics(self, task: StylizeTask, model: LoadedModel, version: LoadedVersion) -> np.ndarray:
         """(1, 2, 512): the weighted blend of the style images' cached statistics."""
-        if not task.style_images:
-            raise InvalidRequest(f"model {model.name!r} is arbitrary-style: send at least one style image")
         weights = np.array(task.style_image_weights or [1.0] * len(task.style_images), dtype=np.float32)
         weights /= weights.sum()
         encoder = version.sessions["style_encoder.onnx"]
@@ -202,7 +199,7 @@ class Engine:
 
 
 def post_process(task: StylizeTask, out: np.ndarray, content: np.ndarray, strength_in_graph: bool) -> np.ndarray:
-    """`preserve_color`, then `strength` unless the graph applied it; (H, W, 3) float32 arrays in [0, 1]."""
+    """`preserve_color`, then `strength` unless the graph applied it; (3, H, W) float32 arrays in [0, 1]."""
     if task.preserve_color:
         out = imageops.preserve_color(out, content)
     if not strength_in_graph:
@@ -210,14 +207,34 @@ def post_process(task: StylizeTask, out: np.ndarray, content: np.ndarray, streng
     return out
 
 
-def style_weight_vector(model: LoadedModel, styles: dict[str, float]) -> np.ndarray:
-    """(1, N) blend over the model's styles, summing to 1; no styles: the first one."""
-    names = model.spec.styles
-    unknown = sorted(set(styles) - set(names))
-    if unknown:
+def check_family(task: StylizeTask, model: LoadedModel) -> None:
+    """Can the model's family take this request? Asked before admission and decoding: it reads no pixel."""
+    family, names = model.spec.family, model.spec.styles
+    if family != "arbitrary" and task.style_images:
         raise InvalidRequest(
-            f"model {model.name!r} has no style {', '.join(map(repr, unknown))}; its styles are: {', '.join(names)}"
+            f"model {model.name!r} is {family.replace('_', '-')}: style images only go to arbitrary-style models"
         )
+    if family == "per_style":
+        if task.styles and set(task.styles) != set(names):
+            raise InvalidRequest(f"model {model.name!r} has the one style {names[0]!r}; leave `styles` empty")
+    elif family == "multi_style":
+        unknown = sorted(set(task.styles) - set(names))
+        if unknown:
+            raise InvalidRequest(
+                f"model {model.name!r} has no style {', '.join(map(repr, unknown))}; its styles are: {', '.join(names)}"
+            )
+    elif family == "arbitrary":
+        if task.styles:
+            raise InvalidRequest(f"model {model.name!r} takes style images, not style names")
+        if not task.style_images:
+            raise InvalidRequest(f"model {model.name!r} is arbitrary-style: send at least one style image")
+    else:
+        raise InvalidRequest(f"model {model.name!r} has the unknown family {family!r}")
+
+
+def style_weight_vector(model: LoadedModel, styles: dict[str, float]) -> np.ndarray:
+    """(1, N) blend over the model's styles, summing to 1 (check_family has vetted the names); none: the first."""
+    names = model.spec.styles
     weights = np.zeros((1, len(names)), dtype=np.float32)
     if not styles:
         weights[0, 0] = 1.0

@@ -20,9 +20,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from server import fp16
-from server.errors import UnknownModel
-from server.repository import (
+from core.repository import (
     FAMILY_GRAPHS,
     GraphSpec,
     ModelSpec,
@@ -31,6 +29,8 @@ from server.repository import (
     model_dirs,
     read_spec,
 )
+from server import fp16
+from server.errors import UnknownModel
 from server.runtime import ProviderUnavailable, RuntimeOptions, Session, create_session
 
 logger = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from server import codec
+from core import codec
 
 logger = logging.getLogger(__name__)
 

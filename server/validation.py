@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from server.codec import OutputFormat, RawPixels
+from core.codec import OutputFormat, RawPixels
 from server.errors import InvalidRequest
 from server.pipeline import StylizeTask
 from stylize.v1 import stylize_pb2 as pb

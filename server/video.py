@@ -24,10 +24,11 @@ from typing import Protocol
 
 import numpy as np
 
-from server import codec, metrics, validation
+from core import codec
+from server import metrics, validation
 from server.admission import Admission
 from server.errors import InvalidRequest
-from server.pipeline import MIN_SIDE, Engine, StylizeTask, post_process
+from server.pipeline import MIN_SIDE, Engine, StylizeTask, check_family, post_process
 from server.registry import LoadedModel, LoadedVersion, ModelRegistry
 from server.temporal import TemporalBlender
 from stylize.v1 import stylize_pb2 as pb
@@ -73,8 +74,8 @@ class VideoStream:
         decoded = time.perf_counter()
         y = engine.infer(self.model, self.version, x, self.extra)
         inferred = time.perf_counter()
-        out = post_process(self.task, y[0].transpose(1, 2, 0), x[0].transpose(1, 2, 0), self.strength_in_graph)
-        stylized = codec.nchw_to_rgb(out.transpose(2, 0, 1))  # (H, W, 3) uint8
+        out = post_process(self.task, y[0], x[0], self.strength_in_graph)  # (3, H, W)
+        stylized = codec.nchw_to_rgb(out)  # (H, W, 3) uint8
         processed = time.perf_counter()
         stylized = self.blender(rgb, stylized)
         blended = time.perf_counter()
@@ -127,6 +128,7 @@ class VideoService:
         task, temporal_strength = validation.video_options(first.start)
         model, version = self.registry.get(task.model, task.version)
         call.model = model.name
+        check_family(task, model)
         loop = asyncio.get_running_loop()
         async with self.admission.slot(deadline):  # style statistics are inference: once per stream
             extra, strength_in_graph = await loop.run_in_executor(

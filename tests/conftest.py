@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +135,7 @@ class RunningServer:
     metrics_url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    http_url: str = ""  # the HTTP API (STYLIZE_HTTP_PORT), on a free port of its own
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -147,7 +149,7 @@ def start_server(
     tls_ca: Path | None = None,
     tls_client: tuple[Path, Path] | None = None,
 ) -> RunningServer:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, http_port = free_port(), free_port(), free_port()
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "STYLIZE_LOCAL_WORKERS": "0", **(env or {})}
     log = log_path.open("wb")
     process = subprocess.Popen(
@@ -161,6 +163,8 @@ def start_server(
             str(port),
             "--metrics-port",
             str(metrics_port),
+            "--http-port",
+            str(http_port),
             *extra,
         ],
         cwd=ROOT,
@@ -168,7 +172,14 @@ def start_server(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    server = RunningServer(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", process, log_path)
+    scheme = "https" if tls_ca else "http"
+    server = RunningServer(
+        f"127.0.0.1:{port}",
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        process,
+        log_path,
+        http_url=f"{scheme}://127.0.0.1:{http_port}",
+    )
     wait_serving(server, tls_ca=tls_ca, tls_client=tls_client)
     return server
 
@@ -197,6 +208,21 @@ def wait_serving(
             except Exception:  # not listening yet
                 time.sleep(0.2)
     raise TimeoutError(f"server not SERVING after {timeout_s} s:\n{server.log()}")
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
+    """Wait on a state, not a guess: poll `condition` until it holds (TimeoutError naming `what` if it never does)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout_s} s")
+        time.sleep(0.05)
+
+
+def metric(server: RunningServer, line_start: str) -> float:
+    """The sum of the server's /metrics samples whose line starts with `line_start`."""
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_start))
 
 
 def stop_server(server: RunningServer) -> None:

@@ -11,11 +11,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from core.files import sha256_file
+from core.repository import FAMILY_GRAPHS, list_versions, model_dirs, read_spec
 from server.registry import ModelRegistry
-from server.repository import FAMILY_GRAPHS, list_versions, model_dirs, read_spec
 from server.runtime import RuntimeOptions
 from tests.conftest import ROOT
-from training.weights import sha256_file
 
 MODELS = ROOT / "models"
 DIRS = model_dirs(MODELS)
@@ -37,7 +37,7 @@ def test_versions_carry_provenance_and_their_files_match(model_dir: Path) -> Non
     for version in versions:
         info = spec.versions[version]
         provenance = info.provenance
-        assert provenance["loss_weights"].startswith(("random:", "imagenet:"))
+        assert provenance["loss_weights"].startswith(("random:", "imagenet:", "keras-vgg16:"))
         assert provenance["loss_network"]["arch"] in ("vgg16", "vgg19")
         assert provenance["command"] and provenance["code_version"] and provenance["config"]
         assert provenance["data"]["content_dir"]

@@ -1,7 +1,8 @@
-"""The API process never imports torch: only worker processes and training do."""
+"""The API process and the queue worker never import torch: only the job process and training do."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -14,24 +15,44 @@ API_MODULES = [
     "server.pipeline",
     "server.video",
     "server.temporal",
-    "server.codec",
+    "core.codec",
+    "core.repository",
     "server.jobs.local",
     "server.jobs.store",
     "server.jobs.convert",
-    "server.jobs.entry",
+    "server.jobs.job_process",  # the spawn target's module: the parent imports it to name it
     "server.jobs.queue",
     "server.jobs.distributed",
-    "server.jobs.queue_worker",  # the queue worker's own process: torch only in the job process it spawns
     "client.cli",
 ]
 
 
-def test_api_modules_do_not_import_torch() -> None:
+def worker_entry_module() -> str:
+    """The module `make worker` runs, read from the Makefile's worker target."""
+    target = re.search(r"^worker:.*\n\t\$\(PY\) -m ([\w.]+)", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert target, "the Makefile has no `worker:` target running `$(PY) -m <module>`"
+    return target.group(1)
+
+
+def assert_torch_free(modules: list[str], run: str = "") -> None:
     code = (
         "import sys\n"
-        f"for name in {API_MODULES!r}: __import__(name)\n"
+        f"for name in {modules!r}: __import__(name)\n"
+        f"{run}\n"
         "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'torchvision')))\n"
         "assert not loaded, loaded\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_api_modules_do_not_import_torch() -> None:
+    assert_torch_free(API_MODULES)
+
+
+def test_the_queue_worker_imports_no_torch_only_its_job_process_does() -> None:
+    """`make worker`'s own module, and everything it imports to consume the queue (run's lazy imports too)."""
+    entry = worker_entry_module()
+    assert entry == "server.jobs.worker"
+    consumer = ["server.jobs.queue_worker", "server.jobs.queue_ledger", "server.jobs.process", "prometheus_client"]
+    assert_torch_free([entry, *consumer])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from server.config import ServerConfig, env_name
+from server.config import ServerConfig, WorkerConfig, env_name
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -16,5 +16,6 @@ def test_quick_start_is_the_two_commands() -> None:
 
 
 def test_every_setting_is_in_the_configuration_table() -> None:
-    missing = [env_name(f.name) for f in dataclasses.fields(ServerConfig) if f"`{env_name(f.name)}`" not in README]
+    settings = {f.name for kind in (ServerConfig, WorkerConfig) for f in dataclasses.fields(kind)}
+    missing = [env_name(name) for name in sorted(settings) if f"`{env_name(name)}`" not in README]
     assert not missing, f"README's configuration table lacks {missing}"

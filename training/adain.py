@@ -1,13 +1,30 @@
 """Arbitrary style transfer with adaptive instance normalisation (Huang & Belongie 2017).
 
-    content (B, 3, H, W) --VGG-19 to relu4_1--> f (B, 512, H/8, W/8)
+    content (B, 3, H, W) --VGG to relu4_1-----> f (B, 512, H/8, W/8)
     style   (B, 3, H', W') --same encoder----> mean, std per channel (B, 512)   # cacheable per style image
     t = AdaIN(f, mean, std) = (f - mu(f)) / sigma(f) * std + mean
     t = strength * t + (1 - strength) * f                                          # Huang's alpha
-    out = Decoder(t)                                                               # (B, 3, H, W)
+    out = Decoder(t * input_scale)                                                 # (B, 3, H, W)
 
-The encoder is the loss network's VGG-19 (frozen, same weights rule); only the
-decoder is trained. Blending several style images with weights w_k is AdaIN with
+The encoder is the loss network's VGG (VGG-16 with the Keras ImageNet weights
+by default, VGG-19 as in the paper where torchvision's file is at hand; frozen,
+same weights rule, with the weights' own input convention); only the decoder is
+trained.
+
+`input_scale` is why the bundled decoder no longer collapses. The decoder has no
+normalisation, so its first convolution sees relu4_1 at whatever scale the
+encoder's weights give it: std 0.054 for the random:0 VGG-19 that trained the
+first bundle, 315 for the Caffe-range Keras VGG-16, about 1 nowhere. Adam moves
+every weight and bias by about the learning rate per step whatever the
+gradient's size: on a tiny input the biases soon outweigh the signal, on a huge
+one each step swings the pre-activations by lr * 4608 * M; either way the first
+layer's ReLUs go negative and die, every later layer sees constants, and the
+output is one flat colour (the first bundle: 0.2% of the first decoder ReLU's
+outputs positive). Scaling t by 1/std(relu4_1) of the training photos, measured
+once and kept in the config (so export rebuilds it), gives the first layer
+unit-scale input for any encoder.
+
+Blending several style images with weights w_k is AdaIN with
 the weighted statistics, since AdaIN is affine in (mean, std) for fixed content:
 sum_k w_k AdaIN(f, s_k) = AdaIN(f, sum_k w_k mean_k, sum_k w_k std_k) when the
 weights sum to 1. So serving blends cached statistics, not images.
@@ -18,7 +35,7 @@ calls the same pieces.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +44,7 @@ from torch import nn
 from training.losses import calc_mean_std
 from training.transformer_net import ConvLayer
 from training.vgg import VGGFeatures
+from training.weights import TORCHVISION_CONVENTION, InputConvention
 
 ENCODER_LAYER = "relu4_1"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
@@ -37,6 +55,9 @@ class AdaINConfig:
     # Decoder widths from relu4_1 down: Huang & Belongie use (256, 128, 64).
     widths: tuple[int, int, int] = (256, 128, 64)
     pooling: str = "max"
+    encoder: str = "vgg16"  # vgg16 | vgg19 (the paper's)
+    convention: dict[str, object] = field(default_factory=TORCHVISION_CONVENTION.to_dict)  # the encoder weights'
+    input_scale: float = 1.0  # the decoder's input factor, 1/std(relu4_1) on training photos (module docstring)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -45,6 +66,7 @@ class AdaINConfig:
     def from_dict(cls, data: dict[str, object]) -> AdaINConfig:
         values = dict(data)
         values["widths"] = tuple(values["widths"])  # type: ignore[arg-type]
+        values.setdefault("encoder", "vgg19")  # checkpoints from before the option
         return cls(**values)  # type: ignore[arg-type]
 
 
@@ -60,8 +82,9 @@ class ConvReLU(nn.Module):
 class Decoder(nn.Module):
     """Mirror of VGG-19 up to relu4_1: no normalisation, nearest upsampling then convolution."""
 
-    def __init__(self, widths: tuple[int, int, int] = (256, 128, 64)) -> None:
+    def __init__(self, widths: tuple[int, int, int] = (256, 128, 64), input_scale: float = 1.0) -> None:
         super().__init__()
+        self.input_scale = input_scale
         w3, w2, w1 = widths
         self.block4 = ConvReLU(512, w3)
         self.block3 = nn.Sequential(ConvReLU(w3, w3), ConvReLU(w3, w3), ConvReLU(w3, w3), ConvReLU(w3, w2))
@@ -71,7 +94,7 @@ class Decoder(nn.Module):
 
     def forward(self, t: torch.Tensor, sizes: list[tuple[int, int]]) -> torch.Tensor:
         """t: (B, 512, H/8, W/8); sizes: the (H, W) of the three upsampling targets, coarse to fine."""
-        h = self.block4(t)
+        h = self.block4(t * self.input_scale)
         h = self.block3(F.interpolate(h, size=sizes[0], mode="nearest"))
         h = self.block2(F.interpolate(h, size=sizes[1], mode="nearest"))
         h = self.block1(F.interpolate(h, size=sizes[2], mode="nearest"))
@@ -86,14 +109,15 @@ def upsampling_sizes(height: int, width: int) -> list[tuple[int, int]]:
 
 
 class AdaINNet(nn.Module):
-    """Encoder (frozen VGG-19 to relu4_1) and trained decoder; forward is the exported transfer graph."""
+    """Encoder (frozen VGG to relu4_1) and trained decoder; forward is the exported transfer graph."""
 
     def __init__(self, config: AdaINConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = VGGFeatures("vgg19", ENCODER_LAYER, config.pooling)
+        convention = InputConvention.from_dict(config.convention)
+        self.encoder = VGGFeatures(config.encoder, ENCODER_LAYER, config.pooling, convention)
         self.encoder.requires_grad_(False)
-        self.decoder = Decoder(config.widths)
+        self.decoder = Decoder(config.widths, config.input_scale)
         # AdaIN's content normalisation as a module (not calc_mean_std) so that the exported graph
         # has an InstanceNormalization node, which server/tiling.py can give whole-image statistics.
         self.content_norm = nn.InstanceNorm2d(512, affine=False, eps=1e-5)

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import tomllib
+import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +69,11 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 def _convert(kind: Any, value: Any) -> Any:
     """A flag string or a config-file value -> the field's type."""
     origin = typing.get_origin(kind)
+    if origin is types.UnionType and type(None) in typing.get_args(kind):  # X | None: "none" or an X
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
+            return None
+        (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        return _convert(inner, value)
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else list(value)
         inner = typing.get_args(kind)[0]

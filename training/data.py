@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from server.codec import ImageDecodeError, load_image_file
+from core.codec import ImageDecodeError, load_image_file
 
 logger = logging.getLogger(__name__)
 

@@ -29,13 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from server.imageops import LUMA, preserve_color
+from core.imageops import preserve_color
+from training.gatys_loss import LossNetwork, Objective, luminance, match_luminance, resize_long_side
 from training.lbfgs import GuardedLBFGS
 from training.loop import pick_device
-from training.losses import content_loss, gram_matrix, style_loss, total_variation
-from training.vgg import VGGFeatures, deepest, layer_names, load_vgg
+from training.vgg import VGGFeatures, layer_names, load_vgg
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +56,11 @@ class GatysConfig:
     style_layer_weights: tuple[float, ...] = field(
         default=(), metadata={"help": "one per style layer; empty: equal (Gatys et al. 2016 weight layers equally)"}
     )
-    # 1 : 1e6, the PyTorch tutorial's ratio for this network and normalisation (Gram / (C*H*W), mean squared
-    # error). neural-style's 5 : 100 assume Caffe's 0..255 inputs and do not carry over.
-    content_weight: float = 1.0
-    style_weight: float = 1e6
+    # Unset: the loss network's own balance (InputConvention.gatys_balance). 5 : 100 for keras-vgg16's Caffe-range
+    # features (neural-style's; on kodim23 with The Starry Night the parrots keep their shape under the strokes),
+    # 1 : 1e6 for torchvision's normalised ones and random weights (the PyTorch tutorial's).
+    content_weight: float | None = None
+    style_weight: float | None = None
     # Gatys et al. use no smoothness term; neural-style adds one (-tv_weight). Here: mean absolute difference.
     tv_weight: float = field(default=0.0, metadata={"help": "total variation weight (0: off, as in Gatys et al.)"})
     style_blend_weights: tuple[float, ...] = field(
@@ -74,9 +74,11 @@ class GatysConfig:
     learning_rate: float = field(default=10 / 255, metadata={"help": "Adam's step size"})
     lbfgs_history: int = field(default=100, metadata={"help": "L-BFGS memory (neural-style and torch use 100)"})
     pooling: str = field(default="max", metadata={"help": "max | avg (Gatys et al. 2016 prefer avg; neural-style max)"})
-    loss_network: str = field(default="vgg19", metadata={"help": "vgg19 (Gatys et al.) | vgg16"})
-    loss_weights: str = field(default="imagenet", metadata={"help": "imagenet, a weights file, or random:SEED"})
-    allow_download: bool = field(default=False, metadata={"help": "allow downloading the ImageNet weights"})
+    loss_network: str = field(default="vgg16", metadata={"help": "vgg16 (keras-vgg16 weights) | vgg19 (Gatys et al.)"})
+    loss_weights: str = field(
+        default="keras-vgg16", metadata={"help": "keras-vgg16, torchvision, a torchvision file, or random:SEED"}
+    )
+    allow_download: bool = field(default=False, metadata={"help": "allow fetching the weights source's file"})
     preserve_color: bool = field(
         default=False, metadata={"help": "luminance-only transfer, the content's colours kept (Gatys et al. 2016b)"}
     )
@@ -113,7 +115,7 @@ class GatysConfig:
                 raise ValueError(f"{self.loss_network} has no layer {layer!r}; its layers are {', '.join(names)}")
         if self.style_layer_weights and len(self.style_layer_weights) != len(self.style_layers):
             raise ValueError(f"style_layer_weights needs one weight per style layer ({len(self.style_layers)})")
-        weights = (self.content_weight, self.style_weight, self.tv_weight, *self.style_layer_weights)
+        weights = (self.content_weight or 0.0, self.style_weight or 0.0, self.tv_weight, *self.style_layer_weights)
         if min(weights) < 0 or min(self.style_blend_weights, default=1.0) < 0:
             raise ValueError("loss and blend weights must not be negative")
         if self.style_scale <= 0 or self.learning_rate <= 0 or self.lbfgs_history < 1:
@@ -153,117 +155,6 @@ class Progress:
     stage: int  # 0-based
     losses: dict[str, float]  # content, style, tv (each weighted) and total
     elapsed_seconds: float
-
-
-class LossNetwork(nn.Module):
-    """A VGG cut after the deepest layer a run reads, with the run's pooling; returns the tapped activations.
-
-    It shares the convolutions of the `VGGFeatures` it is cut from, so a worker loads
-    each network once and every job takes the slice it needs for free (converting it
-    to channels-last converts those shared weights, harmlessly, once); bf16 jobs share
-    bf16 copies of them, made on the first such job (`VGGFeatures.layers_in`).
-    """
-
-    def __init__(
-        self,
-        vgg: VGGFeatures,
-        layers: Sequence[str],
-        pooling: str,
-        channels_last: bool = False,
-        weights_dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__()
-        self.channels_last = channels_last
-        last = deepest(vgg.arch, layers)
-        if last not in vgg.names:
-            raise ValueError(f"layer {last} is past this loss network's last layer {vgg.names[-1]}")
-        names = vgg.names[: vgg.names.index(last) + 1]
-        wanted = set(layers)
-        modules: list[nn.Module] = []
-        for name, module in zip(names, vgg.layers_in(weights_dtype), strict=False):
-            if name.startswith("pool"):
-                module = nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2)
-            elif name.startswith("relu") and modules and names[len(modules) - 1] not in wanted:
-                # In place: a convolution's backward needs its input, not its output, so the copy is waste.
-                module = nn.ReLU(inplace=True)
-            modules.append(module)
-        self.layers = nn.ModuleList(modules)
-        self.taps = [name in wanted for name in names]
-        self.names = names
-        self.register_buffer("mean", vgg.mean.clone(), persistent=False)
-        self.register_buffer("std", vgg.std.clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {}
-        h = (x - self.mean) / self.std  # (B, 3, H, W), ImageNet-normalised
-        if self.channels_last:
-            h = h.contiguous(memory_format=torch.channels_last)
-        for name, layer, tap in zip(self.names, self.layers, self.taps, strict=True):
-            h = layer(h)
-            if tap:
-                out[name] = h
-        return out
-
-
-def resize_long_side(image: torch.Tensor, side: int) -> torch.Tensor:
-    """(1, 3, H, W) -> longer side `side`, aspect kept (enlarging too, as neural-style does)."""
-    h, w = image.shape[-2:]
-    scale = side / max(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    if size == (h, w):
-        return image
-    return F.interpolate(image, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-
-
-def luminance(image: torch.Tensor) -> torch.Tensor:
-    """(1, 3, H, W) -> (1, 3, H, W) grey: BT.601 luma in every channel."""
-    y = torch.einsum("bchw,c->bhw", image, torch.as_tensor(LUMA, device=image.device)).unsqueeze(1)
-    return y.expand(-1, 3, -1, -1).contiguous()
-
-
-def match_luminance(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-    """The style's luminance shifted and scaled to the content's mean and deviation (Gatys et al. 2016b, eq. 1)."""
-    return ((style - style.mean()) * (content.std() / style.std().clamp_min(1e-5)) + content.mean()).clamp(0, 1)
-
-
-class _Objective:
-    """Targets of one stage, computed once, and the weighted loss terms of an image against them."""
-
-    def __init__(
-        self, net: LossNetwork, config: GatysConfig, content: torch.Tensor, styles: Sequence[torch.Tensor]
-    ) -> None:
-        self.net = net
-        self.config = config
-        layer_weights = config.style_layer_weights or (1.0,) * len(config.style_layers)
-        self.layer_weights = dict(zip(config.style_layers, layer_weights, strict=True))
-        blend = np.asarray(config.style_blend_weights or [1.0] * len(styles), dtype=np.float64)
-        blend = blend / blend.sum()
-        with torch.no_grad(), self.autocast():
-            self.content_targets = {k: v.float() for k, v in net(content).items() if k in config.content_layers}
-            # Several styles blend as a weighted sum of their Gram matrices (neural-style).
-            self.style_targets: dict[str, torch.Tensor] = {}
-            for style, weight in zip(styles, blend, strict=True):
-                features = net(style)
-                for layer in config.style_layers:
-                    gram = float(weight) * gram_matrix(features[layer])
-                    previous = self.style_targets.get(layer)
-                    self.style_targets[layer] = gram if previous is None else previous + gram
-
-    def autocast(self) -> torch.autocast:
-        enabled = self.config.precision == "bf16"
-        return torch.autocast(self.net.mean.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        """(4,): weighted content, style and tv terms, and their sum."""
-        cfg = self.config
-        with self.autocast():
-            features = self.net(image)
-        c = sum(content_loss(features[k].float(), t) for k, t in self.content_targets.items())
-        grams = {layer: gram_matrix(features[layer]) for layer in cfg.style_layers}
-        s = style_loss(grams, self.style_targets, self.layer_weights)
-        tv = total_variation(image) if cfg.tv_weight else image.new_zeros(())
-        terms = torch.stack([cfg.content_weight * c, cfg.style_weight * s, cfg.tv_weight * tv])
-        return torch.cat([terms, terms.sum().unsqueeze(0)])
 
 
 def load_loss_network(config: GatysConfig) -> VGGFeatures:
@@ -333,7 +224,7 @@ def optimize(
         if config.preserve_color:
             target = luminance(target)
         stage_styles = [resize_long_side(s, max(MIN_SIDE, round(side * config.style_scale))) for s in style_images]
-        objective = _Objective(net, config, target, stage_styles)
+        objective = Objective(net, config, target, stage_styles)
         # 2. The start: the init for the first stage, the last stage's result upscaled after that.
         if x is None:
             x = _initial_image(config, target, stage_styles[0], init_image, generator)
@@ -364,7 +255,7 @@ class _Run:
         self.total = config.total_iterations
         self.source = torch.empty(0)
 
-    def stage(self, stage: int, x: torch.Tensor, objective: _Objective, steps: int) -> torch.Tensor:
+    def stage(self, stage: int, x: torch.Tensor, objective: Objective, steps: int) -> torch.Tensor:
         """`steps` iterations from `x`; returns the stage's image (L-BFGS: the best one evaluated)."""
         lbfgs = GuardedLBFGS(x.detach(), self.config.lbfgs_history) if self.config.optimizer == "lbfgs" else None
         adam = torch.optim.Adam([x], lr=self.config.learning_rate) if lbfgs is None else None
@@ -420,8 +311,7 @@ class _Run:
         if not self.config.preserve_color:
             return out
         colour = resize_long_side(self.source, max(out.shape[-2:]))[0].float().cpu()
-        kept = preserve_color(out.permute(1, 2, 0).numpy(), colour.permute(1, 2, 0).numpy())
-        return torch.from_numpy(kept).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(preserve_color(out.numpy(), colour.numpy()))
 
 
 def _initial_image(
@@ -466,7 +356,7 @@ class GatysCommand(GatysConfig):
 def main(argv: Sequence[str] | None = None) -> None:
     from tqdm import tqdm
 
-    from server.codec import encode_image, load_image_file
+    from core.codec import encode_image, load_image_file
     from training.config import parse_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -479,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def write(path: Path, image: torch.Tensor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-        from server.codec import OutputFormat
+        from core.codec import OutputFormat
 
         path.write_bytes(encode_image(to_rgb8(image), fmt=OutputFormat.JPEG if jpeg else OutputFormat.PNG))
 

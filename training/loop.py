@@ -42,11 +42,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), read at run time."""
+    with contextlib.suppress(OSError):
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device) -> Iterator[None]:
-    """bf16 mixed precision on CUDA (no loss scaling needed); full fp32 on CPU."""
-    if device.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+    """bf16 mixed precision on CUDA (no loss scaling needed) and on CPUs with native bf16; else fp32.
+
+    Measured on a Zen 3 EPYC without AVX-512 BF16 (fast preset, batch 4 of 160 px): 150-160 s a step
+    in bf16 against 5-11 s in fp32, since bf16 is emulated there; so the choice is the CPU's flags'.
+    """
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             yield
     else:
         yield
@@ -70,7 +82,18 @@ def code_version() -> str:
 
 
 def command_line() -> str:
-    return " ".join([Path(sys.executable).name, "-m", *sys.argv])
+    """The command as a user would type it in the checkout: `python -m export.bundle --resume`.
+
+    Under `-m`, sys.argv[0] is the module's file; recorded as its module name, so that no
+    machine's paths end up in checkpoints or model.json.
+    """
+    first = Path(sys.argv[0]) if sys.argv else Path()
+    root = Path(__file__).resolve().parent.parent
+    if first.suffix == ".py" and first.resolve().is_relative_to(root):
+        module = first.resolve().relative_to(root).with_suffix("")
+        parts = module.parts[:-1] if module.name == "__main__" else module.parts
+        return " ".join(["python", "-m", ".".join(parts), *sys.argv[1:]])
+    return " ".join(["python", *sys.argv])
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -138,8 +161,10 @@ class TrainConfig:
     image_size: int = field(default=256, metadata={"help": "side of the square training crops"})
     lr: float = 1e-3
     loss_network: str = field(default="vgg16", metadata={"help": "vgg16 or vgg19"})
-    loss_weights: str = field(default="imagenet", metadata={"help": "imagenet, a weights file, or random:SEED"})
-    allow_download: bool = field(default=False, metadata={"help": "allow downloading the ImageNet weights"})
+    loss_weights: str = field(
+        default="keras-vgg16", metadata={"help": "keras-vgg16, torchvision, a torchvision file, or random:SEED"}
+    )
+    allow_download: bool = field(default=False, metadata={"help": "allow fetching the weights source's file"})
     pooling: str = field(default="max", metadata={"help": "max or avg pooling in the loss network"})
     seed: int = 0
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda (CUDA trains in bf16 autocast)"})

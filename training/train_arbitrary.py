@@ -1,13 +1,16 @@
 """Train the AdaIN decoder (Huang & Belongie 2017) on folders of photos and paintings.
 
     python -m training.train_arbitrary --content-dir data/content --style-dir data/styles \\
-        --out-dir runs/adain --loss-weights random:0 --steps 4000
+        --out-dir runs/adain --steps 4000
 
-The encoder is VGG-19 up to relu4_1 with the loss network's weights, frozen; the
-decoder learns to invert it. Defaults from the paper: content loss on the AdaIN
-target at relu4_1, style loss on channel mean and standard deviation at relu1_1,
-relu2_1, relu3_1 and relu4_1 weighted 10, Adam at 1e-4, batch 8 of 256 px crops.
-The checkpoint holds the encoder too, so export needs no weights lookup.
+The encoder is VGG-16 (Keras ImageNet weights, the default source) or the paper's
+VGG-19 (`--loss-network vgg19 --loss-weights torchvision`) up to relu4_1, frozen;
+the decoder learns to invert it. Defaults from the paper: content loss on the
+AdaIN target at relu4_1, style loss on channel mean and standard deviation at
+relu1_1, relu2_1, relu3_1 and relu4_1 weighted 10, Adam at 1e-4, batch 8 of
+256 px crops. The decoder's input scale is measured on the photos before the
+first step (training/adain.py says why). The checkpoint holds the encoder too,
+so export needs no weights lookup.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from core.files import sha256_file
 from training import loop
 from training.adain import ENCODER_LAYER, STYLE_LAYERS, AdaINConfig, AdaINNet, upsampling_sizes
 from training.config import parse_config
 from training.data import ContentImages, find_images, load_rgb
 from training.losses import adaptive_instance_normalization, calc_mean_std
 from training.vgg import load_vgg
-from training.weights import sha256_file
 
 logger = logging.getLogger("training.arbitrary")
 
@@ -34,7 +37,7 @@ logger = logging.getLogger("training.arbitrary")
 class ArbitraryConfig(loop.TrainConfig):
     style_dir: str = field(metadata={"help": "folder of style images (paintings), searched recursively"})
     out_dir: str = "runs/arbitrary"
-    loss_network: str = field(default="vgg19", metadata={"help": "the encoder: AdaIN uses vgg19"})
+    loss_network: str = field(default="vgg16", metadata={"help": "the encoder: vgg16, or vgg19 as in the paper"})
     batch_size: int = 8
     lr: float = 1e-4
     style_weight: float = 10.0
@@ -44,20 +47,30 @@ class ArbitraryConfig(loop.TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.loss_network != "vgg19":
-            raise ValueError("AdaIN's encoder is VGG-19 (--loss-network vgg19)")
         if len(self.widths) != 3:
             raise ValueError("--widths takes three numbers, e.g. 256,128,64")
 
 
 def train(cfg: ArbitraryConfig) -> Path:
     device = loop.pick_device(cfg.device)
+    arch = cfg.loss_network
     vgg, weights_info = load_vgg(
-        "vgg19", [ENCODER_LAYER], weights=cfg.loss_weights, allow_download=cfg.allow_download, pooling=cfg.pooling
+        arch, [ENCODER_LAYER], weights=cfg.loss_weights, allow_download=cfg.allow_download, pooling=cfg.pooling
     )
-    logger.info("encoder vgg19 to %s, weights %s", ENCODER_LAYER, weights_info.tag)
+    logger.info("encoder %s to %s, weights %s", arch, ENCODER_LAYER, weights_info.tag)
     torch.manual_seed(cfg.seed)
-    config = AdaINConfig(widths=(cfg.widths[0], cfg.widths[1], cfg.widths[2]), pooling=cfg.pooling)
+    photos = ContentImages(cfg.content_dir, cfg.image_size)
+    with torch.no_grad():  # the photos' relu4_1 scale; fixed for the run, kept in the config
+        probe = vgg(photos.batch(16, torch.Generator().manual_seed(cfg.seed)), [ENCODER_LAYER])[ENCODER_LAYER]
+        input_scale = round(1.0 / float(probe.std()), 6)
+    logger.info("decoder input scale 1/std(relu4_1) = %g", input_scale)
+    config = AdaINConfig(
+        widths=(cfg.widths[0], cfg.widths[1], cfg.widths[2]),
+        pooling=cfg.pooling,
+        encoder=arch,
+        convention=weights_info.convention.to_dict(),
+        input_scale=input_scale,
+    )
     net = AdaINNet(config)
     net.encoder.load_state_dict(vgg.state_dict())
     net = net.to(device)
@@ -99,7 +112,7 @@ def train(cfg: ArbitraryConfig) -> Path:
         provenance={
             "styles": [],
             "loss_weights": weights_info.tag,
-            "loss_network": {"arch": "vgg19", **asdict(weights_info)},
+            "loss_network": {"arch": arch, **asdict(weights_info)},
             "data": {
                 "style_dir": cfg.style_dir,
                 "style_images": {str(p): sha256_file(p) for p in find_images(cfg.style_dir)},

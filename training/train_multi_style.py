@@ -2,7 +2,7 @@
 
     python -m training.train_multi_style \\
         --styles data/styles/great_wave.jpg,data/styles/the_scream.jpg,data/styles/composition_vii.jpg \\
-        --content-dir data/content --out-dir runs/trio --loss-weights random:0 --steps 4000
+        --content-dir data/content --out-dir runs/trio --steps 4000
 
 Each batch item renders a style drawn at random (Dumoulin et al. train the same
 way), with its one-hot weight vector; the exported graph takes any weight vector
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
+from core.files import sha256_file
 from training import loop
 from training.conditional_net import ConditionalNetConfig, ConditionalStyleNet, one_hot
 from training.config import parse_config
 from training.data import find_images, load_rgb
 from training.perceptual import PerceptualLoss
 from training.vgg import load_vgg
-from training.weights import sha256_file
 
 logger = logging.getLogger("training.multi_style")
 
@@ -34,8 +34,11 @@ class MultiStyleConfig(loop.TrainConfig):
     styles: tuple[str, ...] = field(metadata={"help": "style images, comma-separated; their stems name the styles"})
     out_dir: str = "runs/multi_style"
     style_size: int = field(default=512, metadata={"help": "longer side of each style image for its Gram targets"})
-    content_weight: float = 1e5
-    style_weight: float = 1e10
+    # Balanced for the default keras-vgg16 loss network, whose Caffe-range (0-255) features are about a
+    # hundred times torchvision's: with torchvision's recipe (1e5, 1e10) the style term outweighed content
+    # 3.5e6 times at the first step; with these, 35 times (README, "Bundled models"). torchvision: 1e5, 1e10.
+    content_weight: float = 1.0
+    style_weight: float = 1.0
     tv_weight: float = 0.0
     content_layer: str = "relu2_2"
     style_layers: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")

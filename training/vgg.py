@@ -1,7 +1,9 @@
 """VGG-16 / VGG-19 as a loss network with layers addressed by name (`relu1_1`, `conv4_2`, `pool3`).
 
-The network takes RGB in [0, 1], applies ImageNet normalisation itself, and
-keeps only the layers up to the deepest one a loss asks for.
+The network takes RGB in [0, 1] and applies its weights' own input convention
+itself (torchvision: ImageNet mean/std on [0, 1]; Keras/Caffe: BGR, 0-255, mean
+subtracted), so every loss, the AdaIN encoder and the exported graphs get it
+right. It keeps only the layers up to the deepest one a loss asks for.
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from training.weights import DEFAULT_SPEC, WeightsInfo, init_random_, resolve_weights
+from training.weights import (
+    DEFAULT_SPEC,
+    TORCHVISION_CONVENTION,
+    InputConvention,
+    WeightsInfo,
+    init_random_,
+    resolve_weights,
+)
 
 # Convolutions per block (Simonyan & Zisserman 2015, configurations D and E).
 BLOCKS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 CHANNELS = (64, 128, 256, 512, 512)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def layer_names(arch: str) -> list[str]:
@@ -34,7 +41,9 @@ def layer_names(arch: str) -> list[str]:
 class VGGFeatures(nn.Module):
     """Truncated VGG feature extractor; `forward(x, layers)` returns {name: activation}."""
 
-    def __init__(self, arch: str, last_layer: str, pooling: str = "max") -> None:
+    def __init__(
+        self, arch: str, last_layer: str, pooling: str = "max", convention: InputConvention = TORCHVISION_CONVENTION
+    ) -> None:
         super().__init__()
         names = layer_names(arch)
         if last_layer not in names:
@@ -57,8 +66,10 @@ class VGGFeatures(nn.Module):
                 layers.append(nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2))
         self.layers = nn.Sequential(*layers)
         self._layers_in: dict[torch.dtype, list[nn.Module]] = {}  # layers_in()'s copies
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.convention = convention
+        mean, std = convention.rgb_unit()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
         wanted = set(layers)
@@ -66,7 +77,7 @@ class VGGFeatures(nn.Module):
         if unknown:
             raise ValueError(f"layers {sorted(unknown)} are past this network's last layer {self.names[-1]}")
         out = {}
-        h = (x - self.mean) / self.std  # (B, 3, H, W), ImageNet-normalised
+        h = (x - self.mean) / self.std  # (B, 3, H, W), in the weights' range (RGB; BGR is in conv1_1)
         for name, layer in zip(self.names, self.layers, strict=True):
             h = layer(h)
             if name in wanted:
@@ -92,12 +103,17 @@ class VGGFeatures(nn.Module):
         return self._layers_in[dtype]
 
     def load_torchvision_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a torchvision VGG state dict (`features.<index>.weight`), keeping our truncation."""
+        """Load a torchvision-layout VGG state dict (`features.<index>.weight`), keeping our truncation.
+
+        A BGR network's first convolution takes its input channels reversed, so that it reads RGB.
+        """
         own = {}
         for index, module in enumerate(self.layers):
             if isinstance(module, nn.Conv2d):
                 own[f"layers.{index}.weight"] = state[f"features.{index}.weight"]
                 own[f"layers.{index}.bias"] = state[f"features.{index}.bias"]
+        if self.convention.order == "BGR":
+            own["layers.0.weight"] = own["layers.0.weight"].flip(1)
         self.load_state_dict(own)
 
 
@@ -119,7 +135,7 @@ def load_vgg(
 ) -> tuple[VGGFeatures, WeightsInfo]:
     """A frozen loss network truncated after the deepest of `layers`, in eval mode."""
     state, info = resolve_weights(arch, weights, allow_download=allow_download)
-    net = VGGFeatures(arch, deepest(arch, layers), pooling)
+    net = VGGFeatures(arch, deepest(arch, layers), pooling, info.convention)
     if state is None:
         init_random_(net, int(info.location))
     else:

@@ -23,36 +23,40 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from server import metrics
-from server.config import ServerConfig
-from server.errors import Draining, InvalidRequest, JobNotFound, QueueFull, ServiceUnavailable
-from server.jobs import queue
+from server.errors import Draining, InvalidRequest, JobNotFound, ServiceUnavailable
+from server.jobs import policy, queue
 from server.jobs.model import JobLimits, JobRecord, JobSpec, JobState, OptimizerInfo
 from server.jobs.service import JobService
+from server.jobs.watch import watch_updates
 
 logger = logging.getLogger(__name__)
 
-HEALTH_CHECK_SECONDS = 1.0
-WATCH_POLL_SECONDS = 2.0  # a watcher re-reads at least this often, in case a notice was lost in a reconnect
-CANCEL_WAIT_SECONDS = 10.0  # CancelJob answers once the job has stopped, or after this long
+
+@dataclass(frozen=True)
+class QueueClientSettings:
+    """An API replica's settings of the distributed queue (from ServerConfig, built in server/main.py)."""
+
+    url: str  # STYLIZE_QUEUE
+    max_queued: int
+    retention_seconds: float
+    update_interval_seconds: float
+    visibility_timeout_seconds: float
 
 
 class RedisJobService(JobService):
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self.url = queue.redact(config.queue)
-        self.redis = Redis.from_url(config.queue, socket_connect_timeout=2.0, socket_timeout=5.0)
-        self.sender = queue.celery_app(config)  # sends tasks by name; the task's module (and torch) stay out
-        self._limits = JobLimits(
-            max_side=config.job_max_side,
-            max_iterations=config.job_max_iterations,
-            max_time_budget_seconds=config.job_time_budget_seconds,
-            max_pixels=config.max_pixels,
-        )
+    def __init__(self, settings: QueueClientSettings, limits: JobLimits) -> None:
+        self.settings = settings
+        self.url = queue.redact(settings.url)
+        self.redis = Redis.from_url(settings.url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        # Sends tasks by name; the task's module (and torch) stay out.
+        self.sender = queue.celery_app(settings.url, settings.visibility_timeout_seconds)
+        self._limits = limits
         self._cancel = self.redis.register_script(queue.CANCEL)
         self.info: OptimizerInfo | None = None  # from the workers, through Redis; kept while Redis is away
         self.reachable = False
@@ -61,19 +65,13 @@ class RedisJobService(JobService):
         self._checked = asyncio.Event()  # the first health check is done
         self._waiters: dict[str, set[asyncio.Event]] = {}  # job id -> its watchers' wake-up events
         self._oldest_queued_at = 0.0
-        self._last_health: bool | None = None
+        self._health = policy.HealthReport()
         self._tasks: list[asyncio.Task[None]] = []
 
     # Life cycle.
 
     async def start(self) -> None:
-        if self.config.queue_visibility_timeout_seconds < self.config.job_time_budget_seconds:
-            logger.warning(
-                "STYLIZE_QUEUE_VISIBILITY_TIMEOUT_SECONDS=%g is shorter than STYLIZE_JOB_TIME_BUDGET_SECONDS=%g: "
-                "a job running longer is delivered to a second worker, which waits for the first",
-                self.config.queue_visibility_timeout_seconds,
-                self.config.job_time_budget_seconds,
-            )
+        queue.warn_visibility(self.settings.visibility_timeout_seconds, self._limits.max_time_budget_seconds)
         metrics.JOBS_OLDEST_QUEUED_SECONDS.set_function(self._oldest_queued_seconds)
         self._tasks = [
             asyncio.create_task(self._monitor(), name="job-queue-health"),
@@ -129,20 +127,12 @@ class RedisJobService(JobService):
     # The job API.
 
     async def submit(self, spec: JobSpec) -> JobRecord:
-        if self.stopping:
-            raise Draining("the server is shutting down; submit the job to another replica")
-        if not self.healthy:
-            raise ServiceUnavailable(self.unavailable_reason)
+        policy.check_entry(stopping=self.stopping, healthy=self.healthy, unavailable_reason=self.unavailable_reason)
         record = JobRecord(id=uuid.uuid4().hex, spec=None, iterations=spec.iterations, created_at=time.time())
         key = queue.record_key(record.id)
         async with self._redis_errors():
             waiting = int(await self.redis.zcard(queue.QUEUED_KEY))
-            if waiting >= self.config.max_jobs_queued:
-                metrics.REJECTED.labels(reason="jobs_queue_full").inc()
-                raise QueueFull(
-                    f"the job queue is full: {waiting} jobs wait for a worker "
-                    f"(STYLIZE_MAX_JOBS_QUEUED={self.config.max_jobs_queued}); retry later, or add workers"
-                )
+            policy.check_room(waiting, self.settings.max_queued, waits_for="a worker")
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=queue.new_record_fields(record, spec))
                 pipe.expire(key, queue.LIVE_TTL_SECONDS)
@@ -185,7 +175,7 @@ class RedisJobService(JobService):
                 raise self._not_found(job_id)
             if outcome == b"cancelled":
                 logger.info("job %s cancelled before it started", job_id)
-            deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_SECONDS
+            deadline = asyncio.get_running_loop().time() + policy.CANCEL_WAIT_SECONDS
             while True:
                 notice.clear()
                 record = await self._read(job_id)
@@ -193,35 +183,24 @@ class RedisJobService(JobService):
                 if outcome != b"running" or record.state.final or remaining <= 0:
                     return record
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(notice.wait(), min(remaining, WATCH_POLL_SECONDS))
+                    await asyncio.wait_for(notice.wait(), min(remaining, policy.WATCH_POLL_SECONDS))
 
     async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
-        """The job now, then its changes at most one per update interval, ending with its final state.
-
-        Changes within an interval coalesce into the newest (the final state too waits out
-        the interval); a preview rides on the first message after it arrived.
-        """
-        loop = asyncio.get_running_loop()
+        """The job now, then its changes (server/jobs/watch.py), read from Redis when its id is published."""
         with self._notices(job_id) as notice:  # listening before the first read: no change slips between
-            record = await self._read(job_id)
-            sent_preview = record.preview_iteration
-            while True:
-                sent_at, version = loop.time(), record.version
+
+            async def read(preview_after: int | None) -> JobRecord:
+                return await self._read(job_id, preview_after=preview_after)
+
+            async def wait_change(seen: int, timeout_s: float) -> None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(notice.wait(), timeout_s)
+                notice.clear()
+                if self.stopping:
+                    raise Draining("this replica is shutting down; the job goes on: watch it on another replica")
+
+            async for record in watch_updates(read, wait_change, self.settings.update_interval_seconds):
                 yield record
-                if record.state.final:
-                    return
-                while record.version == version:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(notice.wait(), WATCH_POLL_SECONDS)
-                    if self.stopping:
-                        raise Draining("this replica is shutting down; the job goes on: watch it on another replica")
-                    notice.clear()
-                    delay = sent_at + self.config.job_update_interval_seconds - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    record = await self._read(job_id, preview_after=sent_preview)
-                if record.preview:
-                    sent_preview = record.preview_iteration
 
     # Redis.
 
@@ -268,16 +247,13 @@ class RedisJobService(JobService):
         self.reachable, self.error = reachable, error
 
     def _report_health(self) -> None:
-        healthy = self.healthy
-        if healthy != self._last_health and self.on_health_change is not None:
-            self._last_health = healthy
-            self.on_health_change(healthy)
+        self._health.report(self.healthy, self.on_health_change)
 
     async def _monitor(self) -> None:
         """Every second: is Redis there, what do the workers accept, and the queue metrics."""
         while True:
             await self._check()
-            await asyncio.sleep(HEALTH_CHECK_SECONDS)
+            await asyncio.sleep(queue.HEALTH_CHECK_SECONDS)
 
     async def _check(self) -> None:
         now = time.time()
@@ -321,7 +297,7 @@ class RedisJobService(JobService):
                         for event in self._waiters.get(message["data"].decode(), ()):
                             event.set()
             except (RedisError, OSError):
-                await asyncio.sleep(HEALTH_CHECK_SECONDS)
+                await asyncio.sleep(queue.HEALTH_CHECK_SECONDS)
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -346,7 +322,7 @@ class RedisJobService(JobService):
     # Helpers.
 
     def _retention(self) -> int:
-        return max(1, round(self.config.job_retention_seconds))
+        return max(1, round(self.settings.retention_seconds))
 
     @staticmethod
     def _check_id(job_id: str) -> None:
@@ -356,5 +332,5 @@ class RedisJobService(JobService):
     def _not_found(self, job_id: str) -> JobNotFound:
         return JobNotFound(
             f"no job {job_id!r}: it was never submitted, or it ended more than "
-            f"{self.config.job_retention_seconds:g} s ago and was dropped (STYLIZE_JOB_RETENTION_SECONDS)"
+            f"{self.settings.retention_seconds:g} s ago and was dropped (STYLIZE_JOB_RETENTION_SECONDS)"
         )

@@ -1,17 +1,15 @@
-"""The embedded job service: Gatys worker processes on this host, supervised by the API process.
+"""The local pool: the API process's own job processes on this host, the API's entry into server/jobs/.
 
-Each worker is a spawned process (server/jobs/process.py) that loads the loss
-network once and runs one job at a time (server/jobs/worker.py). This module is
-the policy: the bounded queue, dispatch, cancellation, time budgets, start-up
-timeouts, replacing dead workers, and shutdown.
+Each job process is spawned (server/jobs/process.py, PooledProcess), loads the
+loss network once and runs one job at a time (server/jobs/job_process.py). This
+module adapts the job policy (server/jobs/policy.py: entry checks, supervision,
+what a death means) to an in-memory queue: dispatch, cancellation, start-up
+timeouts, replacing dead processes, and shutdown.
 
-A worker that dies fails the job it was running, with an error that says so,
-and a replacement starts. The job is not retried: a job that killed one worker
-(out of memory at a large size, a crash in native code on its input) would most
-likely kill the next, costing a second worker and doubling the wait for a
-failure the caller has to act on anyway. A worker that cannot start (weights
-missing) is not restarted: the next would fail the same way; the service turns
-unhealthy and every job call gets that reason.
+A job process that dies fails the job it was running (policy.LOCAL_POOL_RETRIES
+says why it is not retried), and a replacement starts. One that cannot start
+(weights missing) is not restarted: the next would fail the same way; the
+service turns unhealthy and every job call gets that reason.
 """
 
 from __future__ import annotations
@@ -20,71 +18,67 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from server import metrics
-from server.config import ServerConfig
-from server.errors import Draining, QueueFull, ServiceUnavailable
+from server.errors import ServiceUnavailable
+from server.jobs import policy
 from server.jobs.model import (
     CancelJob,
     JobFinished,
     JobLimits,
+    JobProcessSettings,
     JobProgress,
     JobRecord,
     JobSpec,
     JobState,
     OptimizerInfo,
+    ProcessState,
     Ready,
     RunJob,
     StartFailed,
     Stop,
-    WorkerConfig,
+    StopReason,
 )
-from server.jobs.process import WorkerProcess, describe_exit
+from server.jobs.process import PooledProcess, describe_exit, log_ready
 from server.jobs.service import JobService
 from server.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 
-CANCEL_WAIT_SECONDS = 10.0  # CancelJob answers once the job has stopped, or after this long
-KILL_AFTER_SECONDS = 30.0  # a worker that ignores a cancel or overruns its budget this long is killed
-SUPERVISE_SECONDS = 0.5
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """The local pool's own settings (from ServerConfig, built in server/main.py)."""
+
+    processes: int  # STYLIZE_LOCAL_WORKERS
+    max_queued: int
+    retention_seconds: float
+    update_interval_seconds: float
+    start_timeout_seconds: float
 
 
 class LocalJobService(JobService):
     loop: asyncio.AbstractEventLoop  # set by start()
 
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self.store = JobStore(config.job_retention_seconds, config.job_update_interval_seconds)
-        self._limits = JobLimits(
-            max_side=config.job_max_side,
-            max_iterations=config.job_max_iterations,
-            max_time_budget_seconds=config.job_time_budget_seconds,
-            max_pixels=config.max_pixels,
-        )
-        self.worker_config = WorkerConfig(
-            loss_weights=config.loss_weights,
-            device=config.device,
-            precision=config.job_precision,
-            # The host's cores shared out: two workers each using every core only fight over them.
-            threads=max(1, (os.cpu_count() or 1) // config.local_workers),
-            max_pixels=config.max_pixels,
-            log_level=config.log_level,
-        )
-        self.workers: list[WorkerProcess] = []
+    def __init__(self, settings: PoolSettings, process: JobProcessSettings, limits: JobLimits) -> None:
+        self.settings = settings
+        self.store = JobStore(settings.retention_seconds, settings.update_interval_seconds)
+        self._limits = limits
+        self.process_settings = process
+        self.processes: list[PooledProcess] = []
         self.queue: collections.deque[JobRecord] = collections.deque()
         self.info: OptimizerInfo | None = None
         self.failure = ""
         self.stopping = False
         self._spawned = 0
-        self._cancel_reasons: dict[str, str] = {}  # job id -> "user" | "shutdown"
+        self._cancel_reasons: dict[str, StopReason] = {}  # job id -> why it is being stopped
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._settled = asyncio.Event()  # every first-generation worker is ready, or one failed
-        self._last_health: bool | None = None
+        self._settled = asyncio.Event()  # every first-generation process is ready, or one failed
+        self._health = policy.HealthReport()
         self._supervisor: asyncio.Task[None] | None = None
 
     # Life cycle.
@@ -92,11 +86,11 @@ class LocalJobService(JobService):
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.store.start()
-        for _ in range(self.config.local_workers):
+        for _ in range(self.settings.processes):
             self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name="job-supervisor")
         metrics.JOBS_OLDEST_QUEUED_SECONDS.set_function(self._oldest_queued_seconds)
-        logger.info("starting %d Gatys workers (%d threads each)", len(self.workers), self.worker_config.threads)
+        logger.info("starting %d Gatys workers (%d threads each)", len(self.processes), self.process_settings.threads)
 
     async def wait_ready(self, timeout_s: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -134,17 +128,9 @@ class LocalJobService(JobService):
     # The job API.
 
     async def submit(self, spec: JobSpec) -> JobRecord:
-        if self.stopping:
-            raise Draining("the server is shutting down; submit the job to another replica")
-        if not self.healthy:
-            raise ServiceUnavailable(self.unavailable_reason)
-        idle = any(w.state == "idle" for w in self.workers)
-        if not idle and len(self.queue) >= self.config.max_jobs_queued:
-            metrics.REJECTED.labels(reason="jobs_queue_full").inc()
-            raise QueueFull(
-                f"the job queue is full: {len(self.queue)} jobs wait for {len(self.workers)} workers "
-                f"(STYLIZE_MAX_JOBS_QUEUED={self.config.max_jobs_queued}); retry later"
-            )
+        policy.check_entry(stopping=self.stopping, healthy=self.healthy, unavailable_reason=self.unavailable_reason)
+        if not any(w.state is ProcessState.IDLE for w in self.processes):
+            policy.check_room(len(self.queue), self.settings.max_queued, waits_for=f"{len(self.processes)} workers")
         record = self.store.add(spec)
         self.queue.append(record)
         self._dispatch()
@@ -163,17 +149,17 @@ class LocalJobService(JobService):
             self.store.update(record, state=JobState.CANCELLED, error="cancelled before it started")
             self._number_queue()
         elif record.state is JobState.RUNNING:
-            self._cancel(record, "user")
+            self._cancel(record, StopReason.USER)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(record.finished.wait(), CANCEL_WAIT_SECONDS)
+                await asyncio.wait_for(record.finished.wait(), policy.CANCEL_WAIT_SECONDS)
         return record.snapshot()
 
     # Workers.
 
-    def _spawn(self) -> WorkerProcess:
+    def _spawn(self) -> PooledProcess:
         self._spawned += 1
-        worker = WorkerProcess(self._spawned, self.worker_config, self.loop, self._on_message, self._on_exit)
-        self.workers.append(worker)
+        worker = PooledProcess(self._spawned, self.process_settings, self.loop, self._on_message, self._on_exit)
+        self.processes.append(worker)
         return worker
 
     def _task(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -181,22 +167,15 @@ class LocalJobService(JobService):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _send(self, worker: WorkerProcess, message: object) -> None:
-        self._task(worker.send(message))
+    def _send(self, worker: PooledProcess, message: object) -> None:
+        self._task(worker.send_async(message))
 
-    def _on_message(self, worker: WorkerProcess, message: object) -> None:
+    def _on_message(self, worker: PooledProcess, message: object) -> None:
         if isinstance(message, Ready):
-            worker.name = f"{message.host}:{message.pid}"
-            worker.state = "idle"
+            worker.ready(message)
+            worker.state = ProcessState.IDLE
             self.info = self.info or message.info
-            logger.info(
-                "worker %s ready (%s, %s, loss weights %s) in %.1f s",
-                worker.name,
-                message.info.device,
-                message.info.defaults["precision"],
-                message.info.loss_weights,
-                self.loop.time() - worker.started,
-            )
+            log_ready(worker.name, message.info, self.loop.time() - worker.started)
             self._dispatch()
         elif isinstance(message, StartFailed):
             worker.start_error = message.error
@@ -209,8 +188,8 @@ class LocalJobService(JobService):
                     changes.update(preview=message.preview, preview_iteration=message.iteration)
                 self.store.update(job, **changes)
         elif isinstance(message, JobFinished):
-            job, worker.job, worker.cancel_sent = worker.job, None, 0.0
-            worker.state = "idle" if worker.state == "busy" else worker.state
+            job, worker.job, worker.supervision = worker.job, None, None
+            worker.state = ProcessState.IDLE if worker.state is ProcessState.BUSY else worker.state
             if job is not None and job.id == message.job_id:
                 self._finish(job, message)
             self._dispatch()
@@ -218,40 +197,36 @@ class LocalJobService(JobService):
 
     def _finish(self, job: JobRecord, message: JobFinished) -> None:
         state, error = message.state, message.error
-        reason = self._cancel_reasons.pop(job.id, "")
+        reason = self._cancel_reasons.pop(job.id, None)
         if state is JobState.CANCELLED:
-            if reason == "shutdown":
-                state, error = JobState.FAILED, self._shutdown_error(message.iteration, job.iterations)
-            else:
-                error = f"cancelled at iteration {message.iteration} of {job.iterations}"
+            state, error = policy.stopped_outcome(reason or StopReason.USER, "", message.iteration, job.iterations)
         self.store.update(job, state=state, iteration=message.iteration, result=message.result, error=error)
 
-    def _on_exit(self, worker: WorkerProcess) -> None:
+    def _on_exit(self, worker: PooledProcess) -> None:
         # Out of the pool at once, so no job is dispatched to it while its exit code is collected.
-        was, worker.state = worker.state, "dead"
-        if worker in self.workers:
-            self.workers.remove(worker)
+        was, worker.state = worker.state, ProcessState.DEAD
+        if worker in self.processes:
+            self.processes.remove(worker)
         self._task(self._worker_exit(worker, was))
 
-    async def _worker_exit(self, worker: WorkerProcess, was: str) -> None:
+    async def _worker_exit(self, worker: PooledProcess, was: ProcessState) -> None:
         how = describe_exit(await worker.join())
         job, worker.job = worker.job, None
+        supervision, worker.supervision = worker.supervision, None
         if job is not None and not job.state.final:
-            reason = self._cancel_reasons.pop(job.id, "")
-            if self.stopping:
-                self.store.update(job, state=JobState.FAILED, error=self._shutdown_error(job.iteration, job.iterations))
-            elif reason == "user":
-                self.store.update(job, state=JobState.CANCELLED, error=worker.kill_reason or "cancelled")
+            reason = StopReason.SHUTDOWN if self.stopping else self._cancel_reasons.pop(job.id, None)
+            if reason is None and supervision is not None:
+                reason = supervision.stop_reason
+            if reason is not None:
+                state, error = policy.stopped_outcome(reason, worker.kill_reason, job.iteration, job.iterations)
             else:
-                error = worker.kill_reason or (
-                    f"the worker process {worker.name} running this job died ({how}) at iteration "
-                    f"{job.iteration} of {job.iterations}; the job was not retried, since a job that brings "
-                    "down its worker would likely bring down the next: submit it again, perhaps smaller"
-                )
-                self.store.update(job, state=JobState.FAILED, error=error)
-        if self.stopping or was == "stopping":
+                attempt = 1
+                state = JobState.FAILED  # LOCAL_POOL_RETRIES.retries(attempt) is False: see server/jobs/policy.py
+                error = policy.LOCAL_POOL_RETRIES.died_error(worker.name, how, job.iteration, job.iterations, attempt)
+            self.store.update(job, state=state, error=error)
+        if self.stopping or was is ProcessState.STOPPING:
             return
-        if was == "starting":
+        if was is ProcessState.STARTING:
             self.failure = worker.start_error or worker.kill_reason or f"a worker process exited while starting ({how})"
             logger.error("Gatys worker %s could not start: %s", worker.name, self.failure)
             self._check_settled()
@@ -263,12 +238,13 @@ class LocalJobService(JobService):
     def _dispatch(self) -> None:
         """Give queued jobs to idle workers, oldest first."""
         while self.queue and not self.stopping:
-            worker = next((w for w in self.workers if w.state == "idle"), None)
+            worker = next((w for w in self.processes if w.state is ProcessState.IDLE), None)
             if worker is None:
                 break
             record = self.queue.popleft()
-            worker.state, worker.job, worker.job_started = "busy", record, self.loop.time()
             assert record.spec is not None
+            worker.state, worker.job = ProcessState.BUSY, record
+            worker.supervision = policy.Supervision(self.loop.time(), record.spec.time_budget_seconds)
             self._send(worker, RunJob(record.id, record.spec))
             self.store.update(record, state=JobState.RUNNING, worker=worker.name, attempt=1)
         self._number_queue()
@@ -278,48 +254,30 @@ class LocalJobService(JobService):
             if record.queue_position != position:
                 self.store.update(record, queue_position=position)
 
-    def _cancel(self, record: JobRecord, reason: str) -> None:
-        worker = next((w for w in self.workers if w.job is record), None)
+    def _cancel(self, record: JobRecord, reason: StopReason) -> None:
+        worker = next((w for w in self.processes if w.job is record), None)
         self._cancel_reasons.setdefault(record.id, reason)
-        if worker is not None and not worker.cancel_sent:
-            worker.cancel_sent = self.loop.time()
+        if worker is not None and worker.supervision is not None and worker.supervision.stop(reason, self.loop.time()):
             self._send(worker, CancelJob(record.id))
 
     def _check_settled(self) -> None:
-        if self.failure or (self.workers and all(w.state in ("idle", "busy") for w in self.workers)):
+        running = (ProcessState.IDLE, ProcessState.BUSY)
+        if self.failure or (self.processes and all(w.state in running for w in self.processes)):
             self._settled.set()
-        healthy = self.healthy
-        if healthy != self._last_health:
-            self._last_health = healthy
-            if self.on_health_change is not None:
-                self.on_health_change(healthy)
+        self._health.report(self.healthy, self.on_health_change)
 
     async def _supervise(self) -> None:
-        """Start-up timeouts, jobs past their time budget, cancels a worker does not act on."""
+        """Start-up timeouts, and the policy's supervision of each running job (budget, stops not obeyed)."""
         while True:
-            await asyncio.sleep(SUPERVISE_SECONDS)
+            await asyncio.sleep(policy.SUPERVISE_SECONDS)
             now = self.loop.time()
-            for worker in list(self.workers):
-                timeout = self.config.worker_start_timeout_seconds
-                if worker.state == "starting" and now - worker.started > timeout:
-                    worker.kill(
-                        f"the worker did not report ready within {timeout:g} s (STYLIZE_WORKER_START_TIMEOUT_SECONDS)",
-                    )
-                job = worker.job
-                if worker.state != "busy" or job is None or job.spec is None:
-                    continue
-                budget = job.spec.time_budget_seconds
-                if now - worker.job_started > budget + KILL_AFTER_SECONDS:
-                    worker.kill(
-                        f"the job ran past its time budget of {budget:g} s and its worker did not stop; "
-                        "the worker was restarted",
-                    )
-                elif worker.cancel_sent and now - worker.cancel_sent > KILL_AFTER_SECONDS:
-                    worker.kill(f"cancelled; the worker did not stop within {KILL_AFTER_SECONDS:g} s")
-
-    @staticmethod
-    def _shutdown_error(iteration: int, iterations: int) -> str:
-        return f"the server shut down while the job ran (at iteration {iteration} of {iterations}); submit it again"
+            timeout = self.settings.start_timeout_seconds
+            for worker in list(self.processes):
+                if worker.state is ProcessState.STARTING and now - worker.started > timeout:
+                    worker.kill(policy.start_timeout_error(timeout))
+                if worker.state is ProcessState.BUSY and worker.supervision is not None:
+                    if reason := worker.supervision.kill_reason(now):
+                        worker.kill(reason)
 
     async def stop(self, grace_seconds: float) -> None:
         self.stopping = True
@@ -331,26 +289,26 @@ class LocalJobService(JobService):
             )
         self.queue.clear()
         # 2. Running jobs get the grace period to finish, then are stopped (FAILED, saying why).
-        running = [w.job for w in self.workers if w.job is not None]
+        running = [w.job for w in self.processes if w.job is not None]
         if running:
             logger.info("shutdown: %d jobs running, %.0f s grace", len(running), grace_seconds)
             await self._wait_finished(running, grace_seconds)
             for record in running:
                 if not record.state.final:
-                    self._cancel(record, "shutdown")
+                    self._cancel(record, StopReason.SHUTDOWN)
             await self._wait_finished(running, 5.0)
         # 3. The workers stop (and are killed if they do not).
-        for worker in self.workers:
-            worker.state = "stopping"
+        for worker in self.processes:
+            worker.state = ProcessState.STOPPING
             self._send(worker, Stop())
-        await asyncio.gather(*(asyncio.to_thread(w.end) for w in list(self.workers)))
+        await asyncio.gather(*(asyncio.to_thread(w.end) for w in list(self.processes)))
         await asyncio.sleep(0.1)  # the reader threads post each worker's end
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         for record in self.store.records():
             if not record.state.final:
                 self.store.update(
-                    record, state=JobState.FAILED, error=self._shutdown_error(record.iteration, record.iterations)
+                    record, state=JobState.FAILED, error=policy.shutdown_error(record.iteration, record.iterations)
                 )
         if self._supervisor is not None:
             self._supervisor.cancel()

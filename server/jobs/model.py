@@ -1,8 +1,14 @@
-"""Gatys jobs as plain data: states, the validated spec, the record the API keeps, and the worker messages.
+"""Gatys jobs as plain data: states, the validated spec, the record the API keeps, and the job process's messages.
 
-Torch-free and protobuf-free: the API process, the local worker processes and
-the distributed queue's workers all share these types, and everything here
-pickles (the distributed queue stores them in Redis as JSON and bytes instead).
+Torch-free and protobuf-free: the API process, the queue worker and the job
+process all share these types, and everything here pickles (the distributed
+queue stores them in Redis as JSON and bytes instead).
+
+Names, one per concept:
+  job process   the spawned process that runs Gatys with torch (job_process.py; GatysRunner inside it)
+  JobProcess    its handle in the parent (process.py): the local pool's PooledProcess, the queue worker's
+  queue worker  `make worker`: a Celery consumer that drives one job process (worker.py, queue_worker.py)
+  local pool    the API process's own job processes (local.py)
 """
 
 from __future__ import annotations
@@ -26,6 +32,25 @@ class JobState(enum.StrEnum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
+class ProcessState(enum.StrEnum):
+    """A job process as the local pool sees it."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    DEAD = "dead"
+
+
+class StopReason(enum.StrEnum):
+    """Why a job is stopped before its end (server/jobs/policy.py says what each leads to)."""
+
+    USER = "user"  # CancelJob
+    SHUTDOWN = "shutdown"  # the process that supervises the job stops
+    BUDGET = "budget"  # past its time budget and the grace after it
+    LOST = "lost"  # queue worker: the job is no longer this worker's (ended, expired, taken over)
+
+
 @dataclass(frozen=True)
 class JobLimits:
     """What one job may ask for, from the server's configuration."""
@@ -42,7 +67,7 @@ class OptimizerInfo:
 
     defaults: dict[str, Any]  # training.gatys.GatysConfig's defaults, by field
     layers: dict[str, tuple[str, ...]]  # loss network -> its layer names, in order
-    loss_weights: str  # which weights the workers loaded: "random:SEED" or "imagenet:<sha256 prefix>"
+    loss_weights: str  # the workers' weights: "keras-vgg16:<sha256 prefix>", "imagenet:<prefix>" or "random:SEED"
     device: str  # "cpu" | "cuda"
 
 
@@ -98,12 +123,12 @@ class JobRecord:
         return dataclasses.replace(self, spec=None, preview=self.preview if with_preview else b"")
 
 
-# Messages between the API process and a worker process.
+# Messages between a job process and its parent (the API process's local pool, or a queue worker).
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
-    """What a worker process needs to start: picklable, so it crosses the spawn boundary."""
+class JobProcessSettings:
+    """What a job process needs to start: picklable, so it crosses the spawn boundary."""
 
     loss_weights: str
     device: str  # "auto" | "cpu" | "cuda"

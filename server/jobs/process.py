@@ -1,11 +1,11 @@
-"""One worker process as its parent sees it: spawned, joined by a pipe, read, killed, ended.
+"""A job process as its parent sees it: spawned, joined by a pipe, read, killed, ended.
 
 The process starts with multiprocessing's *spawn* context: a fresh interpreter,
 so it inherits no gRPC threads and may use CUDA. A duplex pipe joins it to its
 parent, and the pipe's end-of-file says that the process has gone, however it
-went. Two parents drive it: the API process's local pool (WorkerProcess: a reader
-thread hands its messages to the event loop) and a distributed-queue worker
-(JobProcess: blocking calls from the one thread that runs the job).
+went. Two parents drive it: a queue worker (JobProcess: blocking calls from the
+one thread that runs the job) and the API process's local pool (PooledProcess:
+a reader thread hands its messages to the event loop).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from server.jobs.entry import run_worker
-from server.jobs.model import JobRecord, OptimizerInfo, Ready, StartFailed, Stop, WorkerConfig
+from server.jobs import job_process
+from server.jobs.model import JobProcessSettings, JobRecord, OptimizerInfo, ProcessState, Ready, StartFailed, Stop
+from server.jobs.policy import Supervision, start_timeout_error
 
 logger = logging.getLogger(__name__)
 
@@ -37,40 +38,121 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-class WorkerProcess:
-    """A spawned worker, what it is doing, and the messages it sends (to `on_message`, then `on_exit`)."""
+class StartError(Exception):
+    """The job process could not start (missing weights, no CUDA): the message says why."""
+
+
+class JobProcess:
+    """A spawned job process (server/jobs/job_process.py) and the parent's end of its pipe."""
+
+    def __init__(self, settings: JobProcessSettings, name: str = "stylize-job-process") -> None:
+        parent, child = SPAWN.Pipe(duplex=True)
+        self.process = SPAWN.Process(target=job_process.main, args=(child, settings), name=name, daemon=True)
+        self.process.start()
+        child.close()  # only the job process holds its end now: its exit reaches us as end-of-file
+        self.conn = parent
+        self.name = f"{name} (pid {self.process.pid}, starting)"  # host:pid once ready
+        self.kill_reason = ""  # why we killed it, if we did
+        self.info: OptimizerInfo | None = None
+
+    def ready(self, message: Ready) -> None:
+        self.name = f"{message.host}:{message.pid}"
+        self.info = message.info
+
+    def wait_ready(self, start_timeout_s: float) -> OptimizerInfo:
+        """Blocking: its Ready, or StartError saying why it did not come."""
+        started = time.monotonic()
+        if not self.conn.poll(start_timeout_s):
+            self.kill("did not start in time")
+            raise StartError(start_timeout_error(start_timeout_s))
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            raise StartError(f"the job process exited while starting ({self.exit_description()})") from None
+        if isinstance(message, StartFailed):
+            self.process.join(5.0)
+            raise StartError(message.error)
+        assert isinstance(message, Ready)
+        self.ready(message)
+        log_ready(self.name, message.info, time.monotonic() - started)
+        return message.info
+
+    def receive(self, timeout_s: float) -> object | None:
+        """The next message, or None after the timeout; EOFError once the process has gone."""
+        try:
+            if not self.conn.poll(timeout_s):
+                return None
+            message: object = self.conn.recv()
+            return message
+        except OSError:
+            raise EOFError from None
+
+    def send(self, message: object) -> None:
+        with contextlib.suppress(OSError):  # gone: the next receive (or the reader thread) says so
+            self.conn.send(message)
+
+    def kill(self, reason: str) -> None:
+        if not self.kill_reason:
+            self.kill_reason = reason
+            logger.warning("killing job process %s: %s", self.name, reason)
+            self.process.kill()
+
+    def exit_description(self) -> str:
+        self.process.join(10.0)
+        return describe_exit(self.process.exitcode)
+
+    def end(self) -> None:
+        """Blocking: wait for it to exit after Stop, then terminate, then kill."""
+        self.process.join(5.0)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(2.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+    def stop(self) -> None:
+        self.send(Stop())
+        self.end()
+        self.conn.close()
+
+
+def log_ready(name: str, info: OptimizerInfo, seconds: float) -> None:
+    logger.info(
+        "job process %s ready (%s, %s, loss weights %s) in %.1f s",
+        name,
+        info.device,
+        info.defaults["precision"],
+        info.loss_weights,
+        seconds,
+    )
+
+
+class PooledProcess(JobProcess):
+    """A job process of the local pool: its state, its job, and its messages posted to the event loop."""
 
     def __init__(
         self,
         index: int,
-        config: WorkerConfig,
+        settings: JobProcessSettings,
         loop: asyncio.AbstractEventLoop,
-        on_message: Callable[[WorkerProcess, object], None],
-        on_exit: Callable[[WorkerProcess], None],
+        on_message: Callable[[PooledProcess, object], None],
+        on_exit: Callable[[PooledProcess], None],
     ) -> None:
+        super().__init__(settings, name=f"stylize-worker-{index}")
         self.loop = loop
         self.on_message = on_message
         self.on_exit = on_exit
-        parent, child = SPAWN.Pipe(duplex=True)
-        self.process = SPAWN.Process(
-            target=run_worker, args=(child, config), name=f"stylize-worker-{index}", daemon=True
-        )
-        self.process.start()
-        child.close()  # only the worker holds its end now, so its exit reaches us as end-of-file
-        self.conn = parent
-        self.name = f"worker {index} (pid {self.process.pid}, starting)"  # host:pid once ready
-        self.state = "starting"  # starting | idle | busy | stopping | dead
+        self.state = ProcessState.STARTING
         self.started = loop.time()
         self.job: JobRecord | None = None
-        self.job_started = 0.0
-        self.cancel_sent = 0.0
+        self.supervision: Supervision | None = None  # of the running job
         self.start_error = ""
-        self.kill_reason = ""  # why we killed it, if we did
         self._send_lock = asyncio.Lock()
         threading.Thread(target=self._read, name=f"worker-reader-{index}", daemon=True).start()
 
     def _read(self) -> None:
-        """Reader thread: every message to the event loop, then the end of the worker."""
+        """Reader thread: every message to the event loop, then the end of the process."""
         while True:
             try:
                 message = self.conn.recv()
@@ -87,106 +169,13 @@ class WorkerProcess:
         except RuntimeError:  # the event loop has closed: the server is gone
             return False
 
-    async def send(self, message: object) -> None:
-        """In order, off the event loop (a job's images can be megabytes); a dead worker's exit says the rest."""
+    async def send_async(self, message: object) -> None:
+        """In order, off the event loop (a job's images can be megabytes); a dead process's exit says the rest."""
         async with self._send_lock:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(self.conn.send, message)
-
-    def kill(self, reason: str) -> None:
-        if self.kill_reason:
-            return
-        self.kill_reason = reason
-        logger.warning("killing worker %s: %s", self.name, reason)
-        self.process.kill()
+            await asyncio.to_thread(self.send, message)
 
     async def join(self) -> int | None:
         """Its exit code (negative: the signal), once it has gone."""
         await asyncio.to_thread(self.process.join, 10.0)
         self.conn.close()
         return self.process.exitcode
-
-    def end(self) -> None:
-        """Blocking: wait for it to exit after Stop, then terminate, then kill."""
-        self.process.join(5.0)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(2.0)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-
-
-class StartError(Exception):
-    """The job process could not start (missing weights, no CUDA): the message says why."""
-
-
-class JobProcess:
-    """The spawned GatysWorker, driven from this process's thread: send a job, read its messages."""
-
-    def __init__(self, config: WorkerConfig, start_timeout_s: float) -> None:
-        parent, child = SPAWN.Pipe(duplex=True)
-        self.process = SPAWN.Process(target=run_worker, args=(child, config), name="stylize-job-process", daemon=True)
-        self.process.start()
-        child.close()  # only the job process holds its end now: its exit reaches us as end-of-file
-        self.conn = parent
-        self.kill_reason = ""
-        started = time.monotonic()
-        if not self.conn.poll(start_timeout_s):
-            self.kill("did not start in time")
-            raise StartError(
-                f"the job process did not report ready within {start_timeout_s:g} s "
-                "(STYLIZE_WORKER_START_TIMEOUT_SECONDS)"
-            )
-        try:
-            message = self.conn.recv()
-        except (EOFError, OSError):
-            raise StartError(f"the job process exited while starting ({self.exit_description()})") from None
-        if isinstance(message, StartFailed):
-            self.process.join(5.0)
-            raise StartError(message.error)
-        assert isinstance(message, Ready)
-        self.name = f"{message.host}:{message.pid}"
-        self.info: OptimizerInfo = message.info
-        logger.info(
-            "job process %s ready (%s, %s, loss weights %s) in %.1f s",
-            self.name,
-            message.info.device,
-            message.info.defaults["precision"],
-            message.info.loss_weights,
-            time.monotonic() - started,
-        )
-
-    def receive(self, timeout_s: float) -> object | None:
-        """The next message, or None after the timeout; EOFError once the process has gone."""
-        try:
-            if not self.conn.poll(timeout_s):
-                return None
-            message: object = self.conn.recv()
-            return message
-        except OSError:
-            raise EOFError from None
-
-    def send(self, message: object) -> None:
-        try:
-            self.conn.send(message)
-        except OSError:  # gone: the next receive says so
-            pass
-
-    def kill(self, reason: str) -> None:
-        if not self.kill_reason:
-            self.kill_reason = reason
-            logger.warning("killing job process %s: %s", getattr(self, "name", self.process.pid), reason)
-            self.process.kill()
-
-    def exit_description(self) -> str:
-        self.process.join(10.0)
-        return describe_exit(self.process.exitcode)
-
-    def stop(self) -> None:
-        self.send(Stop())
-        self.process.join(5.0)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        self.conn.close()

@@ -1,7 +1,7 @@
 """The distributed queue's shared parts: the Celery app, a job's Redis keys, and the scripts that change them.
 
 Both sides import this torch-free module: the API replicas (server/jobs/distributed.py)
-and the queue workers (server/jobs/queue_worker.py). Celery carries only the job id;
+and the queue workers (server/jobs/worker.py, queue_worker.py). Celery carries only the job id;
 everything else about a job lives in one Redis hash, `stylize:job:<id>`:
 
     state, iterations, iteration, stage, losses   what GetJob and WatchJob return
@@ -23,13 +23,15 @@ id. Every change goes through a Lua script below, so a state moves only once
 from __future__ import annotations
 
 import json
+import logging
 import urllib.parse
 
 from celery import Celery  # type: ignore[import-untyped]
 from redis.typing import EncodableT, FieldT
 
-from server.config import ServerConfig
 from server.jobs.model import JobRecord, JobSpec, JobState, LossTerms, OptimizerInfo
+
+logger = logging.getLogger(__name__)
 
 QUEUE_NAME = "stylize.gatys"  # the Celery queue (a Redis list of that name)
 TASK_NAME = "stylize.run_gatys_job"  # sent by name: the API never imports the task's module
@@ -43,8 +45,11 @@ UPDATES_CHANNEL = PREFIX + "job-updates"  # every change publishes the job id
 # An unfinished job's keys outlive any sane wait; they only stop a job abandoned by every worker
 # (its message lost with an unpersisted Redis) from staying in Redis for ever.
 LIVE_TTL_SECONDS = 7 * 24 * 3600
-LEASE_SECONDS = 6.0  # a running job's claim; its worker renews it every second
+LEASE_SECONDS = 6.0  # a running job's claim; its worker renews it every LEASE_RENEW_SECONDS
+LEASE_RENEW_SECONDS = 1.0
+HEARTBEAT_SECONDS = 5.0  # how often a queue worker says it is alive and what its optimiser accepts
 WORKER_SEEN_SECONDS = 30.0  # a worker without a heartbeat this long no longer counts as connected
+HEALTH_CHECK_SECONDS = 1.0  # how often an API replica looks at Redis (health, queue metrics)
 
 # The fields GetJob and WatchJob read; preview and result are read apart, when they are wanted.
 RECORD_FIELDS = (
@@ -81,10 +86,21 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def celery_app(config: ServerConfig) -> Celery:
+def warn_visibility(visibility_timeout_s: float, time_budget_s: float) -> None:
+    """Both sides say it at start: a visibility timeout shorter than the time budget delivers a job twice."""
+    if visibility_timeout_s < time_budget_s:
+        logger.warning(
+            "STYLIZE_QUEUE_VISIBILITY_TIMEOUT_SECONDS=%g is shorter than STYLIZE_JOB_TIME_BUDGET_SECONDS=%g: a job "
+            "running longer is delivered to a second worker, which waits for the first",
+            visibility_timeout_s,
+            time_budget_s,
+        )
+
+
+def celery_app(url: str, visibility_timeout_s: float) -> Celery:
     """The Celery app both sides share: the API only sends with it, `make worker` consumes with it."""
-    app = Celery("stylize", broker=config.queue, set_as_current=False)
-    visibility = config.queue_visibility_timeout_seconds
+    app = Celery("stylize", broker=url, set_as_current=False)
+    visibility = visibility_timeout_s
     app.conf.update(
         task_default_queue=QUEUE_NAME,
         task_serializer="json",  # the message is a job id; never pickle from a broker
@@ -117,7 +133,7 @@ def celery_app(config: ServerConfig) -> Celery:
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
         broker_transport_options={
             # An unacknowledged message goes back on the queue this long after it was delivered: the
-            # redelivery of a job whose whole worker vanished. Longer than any job (see ServerConfig).
+            # redelivery of a job whose whole worker vanished. Longer than any job (see server/config.py).
             "visibility_timeout": visibility,
             # Look for such messages often enough for the timeout to mean what it says.
             "unacked_restore_interval": max(1, min(10, int(visibility // 4))),

@@ -20,6 +20,7 @@ from typing import Any
 from server import metrics
 from server.errors import InvalidRequest, JobNotFound
 from server.jobs.model import JobRecord, JobSpec, JobState
+from server.jobs.watch import watch_updates
 
 logger = logging.getLogger(__name__)
 
@@ -96,29 +97,19 @@ class JobStore:
         metrics.JOBS_QUEUED.set(states.count(JobState.QUEUED))
         metrics.JOBS_RUNNING.set(states.count(JobState.RUNNING))
 
-    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
-        """The job now, then its changes at most one per update interval, ending with its final state.
-
-        Changes within an interval coalesce into the newest; a preview rides on the
-        first message after it arrived (the newest one, when several did).
-        """
+    def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
+        """The job now, then its changes (server/jobs/watch.py)."""
         record = self.get(job_id)
-        loop = asyncio.get_running_loop()
-        sent_preview = 0
-        while True:
-            waiter = record.changed
-            snapshot = record.snapshot(with_preview=record.preview_iteration > sent_preview)
-            sent_preview = record.preview_iteration
-            sent_at = loop.time()
-            yield snapshot
-            if snapshot.state.final:
-                return
-            await waiter.wait()
-            delay = sent_at + self.update_interval_seconds - loop.time()
-            if delay > 0 and not record.state.final:
-                # Coalesce, but never hold back the final state.
+
+        async def read(preview_after: int | None) -> JobRecord:
+            return record.snapshot(with_preview=preview_after is None or record.preview_iteration > preview_after)
+
+        async def wait_change(seen: int, timeout_s: float) -> None:
+            if record.version == seen:  # else it has moved on already (while the watcher was sending)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(record.finished.wait(), delay)
+                    await asyncio.wait_for(record.changed.wait(), timeout_s)
+
+        return watch_updates(read, wait_change, self.update_interval_seconds)
 
     async def _sweep(self) -> None:
         """Drop finished jobs past their retention time."""

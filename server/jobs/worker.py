@@ -1,208 +1,84 @@
-"""A Gatys worker process: loads the loss network once, then runs one job at a time.
+"""`make worker`: a worker of the distributed queue, in the foreground: the queue worker process's entry.
 
-The local pool (server/jobs/local.py) spawns `serve()` in each worker process;
-this module is where torch is imported, never in the API process. The contract
-follows Triton's python_backend: `initialize(config)` once, `execute(job)` per
-job with exactly one JobFinished per job, `finalize()` at the end.
+    STYLIZE_QUEUE=redis://redis:6379/0 make worker   # keras-vgg16 loss weights by default (make weights)
+    python -m server.jobs.worker --help   # its settings only (server/config.py, WorkerConfig)
 
-    STYLIZE_QUEUE=redis://host:6379/0 python -m server.jobs.worker   # `make worker`: a distributed-queue worker
+A Celery consumer that takes Gatys jobs from Redis one at a time, on any host,
+and runs each in its job process (server/jobs/queue_worker.py says how). This
+process never imports torch: only the job process it spawns does
+(tests/test_import_boundary.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import signal
-import socket
 import sys
-import time
-from collections.abc import Callable
-from multiprocessing.connection import Connection
+import threading
 
-import torch
-
-from server import codec
-from server.jobs.model import (
-    CancelJob,
-    JobFinished,
-    JobProgress,
-    JobState,
-    LossTerms,
-    OptimizerInfo,
-    Ready,
-    RunJob,
-    StartFailed,
-    Stop,
-    WorkerConfig,
-)
-from training import gatys
-from training.loop import pick_device
-from training.vgg import BLOCKS, VGGFeatures, layer_names, load_vgg
+from server.config import WorkerConfig, load_worker_config
 
 logger = logging.getLogger(__name__)
 
 
-class GatysWorker:
-    def __init__(self) -> None:
-        self.networks: dict[str, VGGFeatures] = {}
-        self.config: WorkerConfig | None = None
-        self.weights_tag = ""
+def run(config: WorkerConfig) -> None:
+    """Start the job process, then consume the queue until SIGTERM (or SIGINT)."""
+    # Celery, Redis and prometheus-client: the `queue` extra.
+    from prometheus_client import start_http_server
 
-    def initialize(self, config: WorkerConfig) -> OptimizerInfo:
-        """Load the default loss network; a missing weights file fails here, with the resolver's message."""
-        self.config = config
-        torch.set_num_threads(config.threads)
-        self.device = pick_device(config.device)
-        self.network(gatys.GatysConfig.loss_network)
-        defaults = {f.name: f.default for f in dataclasses.fields(gatys.GatysConfig)} | {"precision": config.precision}
-        layers = {arch: tuple(layer_names(arch)) for arch in BLOCKS}
-        return OptimizerInfo(defaults=defaults, layers=layers, loss_weights=self.weights_tag, device=self.device.type)
+    from server import metrics
+    from server.jobs import queue
+    from server.jobs.process import StartError
+    from server.jobs.queue_ledger import JobLedger
+    from server.jobs.queue_worker import QueueWorker
 
-    def network(self, arch: str) -> VGGFeatures:
-        """The whole network up to its last relu, loaded on first use; each job takes the slice it needs."""
-        if arch not in self.networks:
-            assert self.config is not None
-            last_relu = [name for name in layer_names(arch) if name.startswith("relu")][-1]
-            started = time.perf_counter()
-            vgg, info = load_vgg(arch, [last_relu], weights=self.config.loss_weights)
-            self.networks[arch] = vgg.to(self.device)
-            self.weights_tag = self.weights_tag or info.tag
-            logger.info("loaded %s (%s) in %.1f s", arch, info.tag, time.perf_counter() - started)
-        return self.networks[arch]
-
-    def execute(self, job: RunJob, send: Callable[[object], None], cancelled: Callable[[], bool]) -> JobFinished:
-        """Run one job, sending JobProgress as it goes; returns its JobFinished (never raises)."""
-        assert self.config is not None
-        iteration = 0
-        try:
-            spec = job.spec
-            options = {
-                **spec.options,
-                "loss_weights": self.config.loss_weights,
-                "device": self.config.device,
-                "precision": self.config.precision,
-            }
-            config = gatys.GatysConfig(**options)
-            largest = max(config.sizes)
-            content = self._decode(spec.content, "content image", largest)
-            styles = [
-                self._decode(data, f"style image {i + 1}", round(largest * config.style_scale))
-                for i, data in enumerate(spec.styles)
-            ]
-            init = self._decode(spec.init_image, "init image", largest) if spec.init_image else None
-            network = self.network(config.loss_network)
-            last = JobProgress(job.job_id, 0, 0, LossTerms())
-
-            def on_progress(p: gatys.Progress) -> None:
-                nonlocal iteration, last
-                iteration = p.iteration
-                last = JobProgress(job.job_id, p.iteration, p.stage, LossTerms(**p.losses))
-                send(last)
-
-            def on_preview(_: int, image: torch.Tensor) -> None:
-                send(dataclasses.replace(last, preview=codec.encode_image(gatys.to_rgb8(image))))
-
-            result = gatys.optimize(
-                content,
-                styles,
-                config,
-                init_image=init,
-                network=network,
-                on_progress=on_progress,
-                on_preview=on_preview,
-                should_stop=cancelled,
-            )
-            fmt = codec.OutputFormat.JPEG if spec.output_format == "jpeg" else codec.OutputFormat.PNG
-            data = codec.encode_image(gatys.to_rgb8(result), fmt=fmt)
-            return JobFinished(job.job_id, JobState.SUCCEEDED, iteration, result=data)
-        except gatys.Cancelled as exc:
-            return JobFinished(job.job_id, JobState.CANCELLED, exc.iteration, error="cancelled")
-        except gatys.TimeBudgetExceeded as exc:
-            return JobFinished(job.job_id, JobState.FAILED, exc.iteration, error=str(exc))
-        except torch.OutOfMemoryError:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            side = max(job.spec.options["sizes"])
-            error = f"the worker ran out of GPU memory at {side} px; ask for a smaller max_side"
-            return JobFinished(job.job_id, JobState.FAILED, iteration, error=error)
-        except (ValueError, OSError) as exc:  # bad images, settings or weights: the message says what to change
-            return JobFinished(job.job_id, JobState.FAILED, iteration, error=str(exc))
-        except Exception as exc:
-            logger.exception("job %s failed", job.job_id)
-            return JobFinished(job.job_id, JobState.FAILED, iteration, error=f"internal error: {exc!r}")
-
-    def _decode(self, data: bytes, what: str, max_side: int) -> torch.Tensor:
-        assert self.config is not None
-        rgb = codec.decode_image(data, max_pixels=self.config.max_pixels, what=what).rgb
-        # No larger than the job needs: a 16-megapixel photo for a 512 px job would cost 200 MB as floats.
-        return gatys.to_tensor(codec.resize_max_side(rgb, max_side))
-
-    def finalize(self) -> None:
-        self.networks.clear()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
-def serve(conn: Connection, config: WorkerConfig) -> None:
-    """The worker process: initialise, report Ready (or StartFailed), then run jobs until Stop or EOF."""
-    # Ctrl-C in a terminal reaches the whole process group; the API process decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
+    ledger = JobLedger(
+        config.queue,
+        max_attempts=config.job_max_attempts,
+        retention_seconds=config.job_retention_seconds,
+        visibility_timeout_s=config.queue_visibility_timeout_seconds,
     )
-    worker = GatysWorker()
+    worker = QueueWorker(
+        ledger,
+        config.job_process(threads=config.worker_threads or os.cpu_count() or 1),
+        start_timeout_s=config.worker_start_timeout_seconds,
+        update_s=config.job_update_interval_seconds,
+    )
+    logger.info("queue worker %s: jobs from %s", worker.name, ledger.url)
+    queue.warn_visibility(config.queue_visibility_timeout_seconds, config.job_time_budget_seconds)
     try:
-        info = worker.initialize(config)
-    except Exception as exc:
-        logger.error("worker failed to start: %s", exc)
-        conn.send(StartFailed(error=str(exc)))
-        sys.exit(1)
-    conn.send(Ready(host=socket.gethostname(), pid=os.getpid(), info=info))
+        worker.job_process()  # before taking any job: a worker that cannot run one takes none
+    except StartError as exc:
+        raise SystemExit(f"stylize worker: the job process cannot start: {exc}") from None
+    if config.worker_metrics_port:
+        start_http_server(config.worker_metrics_port, addr=config.metrics_host, registry=metrics.WORKER_REGISTRY)
+        logger.info("metrics on http://%s:%d/metrics", config.metrics_host, config.worker_metrics_port)
+    threading.Thread(target=worker.heartbeat, name="queue-heartbeat", daemon=True).start()
 
-    stopping = False
-    current = ""
+    app = queue.celery_app(config.queue, config.queue_visibility_timeout_seconds)
 
-    def cancelled() -> bool:
-        """Checked every iteration: a CancelJob for the running job, Stop, or a vanished API process."""
-        nonlocal stopping
-        try:
-            while conn.poll():
-                message = conn.recv()
-                if isinstance(message, Stop):
-                    stopping = True
-                    return True
-                if isinstance(message, CancelJob) and message.job_id == current:
-                    return True
-        except (EOFError, OSError):
-            stopping = True
-            return True
-        return False
+    def run_gatys_job(job_id: str) -> None:
+        worker.run_job(job_id)
 
-    while not stopping:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):  # the API process is gone
-            break
-        if isinstance(message, Stop):
-            break
-        if isinstance(message, RunJob):
-            current = message.job_id
-            finished = worker.execute(message, conn.send, cancelled)
-            current = ""
-            try:
-                conn.send(finished)
-            except (BrokenPipeError, OSError):
-                break
-        # A CancelJob between jobs is for a job that already finished: nothing to do.
-    worker.finalize()
+    app.task(name=queue.TASK_NAME)(run_gatys_job)
+    celery_worker = app.Worker(
+        hostname=f"stylize@{worker.name}",
+        loglevel=config.log_level,
+        quiet=True,
+        without_mingle=True,  # no start-up chatter between workers: jobs need none of it
+        without_gossip=True,
+        without_heartbeat=True,
+    )
+    try:
+        celery_worker.start()
+    finally:
+        worker.close()
+        logger.info("queue worker %s stopped", worker.name)
+    raise SystemExit(celery_worker.exitcode or 0)
 
 
 def main() -> None:
-    """`make worker`: a worker of the distributed queue in the foreground (server/jobs/queue_worker.py)."""
-    from server.config import load_config
-
-    config = load_config()
+    config = load_worker_config()
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
     )
@@ -211,9 +87,7 @@ def main() -> None:
             "stylize worker: set STYLIZE_QUEUE=redis://host:port/db, the queue the API replicas submit to. "
             "Without a queue the API process runs its own workers: STYLIZE_LOCAL_WORKERS=N python -m server"
         )
-    from server.jobs import queue_worker  # Celery and Redis: the `queue` extra
-
-    queue_worker.run(config)
+    run(config)
 
 
 if __name__ == "__main__":

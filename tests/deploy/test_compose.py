@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from server.config import ServerConfig, env_name
+from server.config import ServerConfig, WorkerConfig, env_name
 from tests.conftest import ROOT
 
 SCHEMA = json.loads((Path(__file__).parent / "compose-spec.json").read_text())
@@ -79,11 +79,11 @@ def test_api_health_dependencies_grace_and_models(compose: dict[str, Any]) -> No
 
 
 def test_environment_names_are_real_settings(compose: dict[str, Any]) -> None:
-    known = {env_name(f.name) for f in dataclasses.fields(ServerConfig)}
-    for name in ("api", "worker"):
+    for name, kind in (("api", ServerConfig), ("worker", WorkerConfig)):
+        known = {env_name(f.name) for f in dataclasses.fields(kind)}
         for variable in compose["services"][name]["environment"]:
             if variable.startswith("STYLIZE_"):
-                assert variable in known, f"{name}: {variable} is not a setting of server/config.py"
+                assert variable in known, f"{name}: {variable} is not a setting of server/config.py's {kind.__name__}"
 
 
 def test_grafana_is_provisioned_with_the_dashboard(compose: dict[str, Any]) -> None:

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from core.repository import read_spec
 from export.__main__ import ExportConfig, export_checkpoint
-from server.repository import read_spec
 from training import loop
 from training.adain import AdaINConfig, AdaINNet
 from training.conditional_net import ConditionalNetConfig, ConditionalStyleNet

@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from core.repository import RepositoryError, list_versions, read_spec
 from export.__main__ import ExportConfig, export_checkpoint
-from server.repository import RepositoryError, list_versions, read_spec
 from tests.conftest import CONTENT_DIR, make_checkpoint
 from training import loop
 from training.data import load_rgb

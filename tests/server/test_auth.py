@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from client import StylizeClient
@@ -114,6 +116,29 @@ def test_health_needs_no_token(guarded: RunningServer, pki: Path) -> None:
         assert stylize.health() == "SERVING"
 
 
+def test_the_http_port_has_the_same_tls_and_tokens(guarded: RunningServer, pki: Path) -> None:
+    assert guarded.http_url.startswith("https://")
+    with httpx.Client(
+        base_url=guarded.http_url, verify=ssl.create_default_context(cafile=pki / "ca.pem"), timeout=30
+    ) as http:
+        for path in ("/healthz", "/readyz", "/", "/openapi.json"):  # open, like gRPC health
+            assert http.get(path).status_code == 200, path
+        for headers, words in (({}, "needs a token"), ({"authorization": "Bearer wrong-token-123456"}, "not valid")):
+            refused = http.get("/v1/models", headers=headers)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+            assert refused.json()["code"] == "UNAUTHENTICATED" and words in refused.json()["message"]
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        assert [m["name"] for m in http.get("/v1/models", headers=bearer).json()["models"]] == ["adain", "tiny", "trio"]
+        files = [
+            ("content", ("c.png", encode(photo()), "image/png")),
+            ("style", ("s.png", encode(photo()), "image/png")),
+        ]
+        no_jobs = http.post("/v1/jobs", files=files, headers=bearer)  # STYLIZE_LOCAL_WORKERS=0: no job service
+        assert no_jobs.status_code == 503 and no_jobs.json()["code"] == "UNAVAILABLE"
+    with pytest.raises(httpx.TransportError):  # plaintext callers get no answer here either
+        httpx.get(guarded.http_url.replace("https://", "http://") + "/healthz", timeout=5)
+
+
 def test_plaintext_callers_cannot_connect(guarded: RunningServer) -> None:
     with StylizeClient(guarded.target, timeout_s=5, token=TOKEN) as plain, pytest.raises(grpc.RpcError) as caught:
         plain.list_models()
@@ -141,6 +166,11 @@ def test_mutual_tls_requires_a_client_certificate(model_repo: Path, pki: Path, t
         with client(server, pki) as anonymous, pytest.raises(grpc.RpcError) as caught:
             anonymous.list_models()
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        trusting = ssl.create_default_context(cafile=pki / "ca.pem")
+        with pytest.raises(httpx.TransportError):  # no client certificate: the TLS handshake fails
+            httpx.get(server.http_url + "/v1/models", verify=trusting, timeout=5)
+        trusting.load_cert_chain(pki / "client.pem", pki / "client.key")
+        assert httpx.get(server.http_url + "/v1/models", verify=trusting, timeout=30).status_code == 200
     finally:
         stop_server(server)
 

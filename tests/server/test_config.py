@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ServerConfig, load_config
+from server.config import ServerConfig, WorkerConfig, load_config, load_worker_config
 from server.runtime import ProviderUnavailable, cuda_device_count, resolve_device
 
 
@@ -44,6 +44,24 @@ def test_invalid_settings_exit_with_a_usage_error(argv: list[str], environ: dict
     with pytest.raises(SystemExit) as caught:
         load_config(argv, environ=environ)
     assert caught.value.code == 2
+
+
+def test_each_process_offers_only_its_own_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        load_worker_config(["--help"], environ={})
+    worker_help = capsys.readouterr().out
+    assert "--queue" in worker_help and "--job-max-attempts" in worker_help and "--worker-threads" in worker_help
+    for api_only in ("--tls-cert", "--tile-pixels", "--port", "--models", "--max-concurrent"):
+        assert api_only not in worker_help
+    with pytest.raises(SystemExit):
+        load_config(["--help"], environ={})
+    api_help = capsys.readouterr().out
+    assert "--tls-cert" in api_help and "--job-max-attempts" not in api_help and "--worker-threads" not in api_help
+    # A variable both read means the same in both.
+    environ = {"STYLIZE_LOSS_WEIGHTS": "random:7", "STYLIZE_JOB_PRECISION": "bf16", "STYLIZE_MAX_PIXELS": "4096"}
+    api, worker = load_config([], environ=environ), load_worker_config([], environ=environ)
+    assert api.job_process(threads=2) == worker.job_process(threads=2)
+    assert WorkerConfig().queue == ServerConfig().queue == ""
 
 
 @pytest.mark.skipif(cuda_device_count()[0] > 0, reason="this machine has a CUDA device")

@@ -30,7 +30,7 @@ from PIL import Image
 from client import StylizeClient
 from server.jobs.model import JobSpec
 from stylize.v1 import stylize_pb2 as pb
-from tests.conftest import ROOT, RunningServer, encode, free_port, photo, start_server, stop_server
+from tests.conftest import ROOT, RunningServer, encode, free_port, photo, start_server, stop_server, wait_until
 from tests.server.test_jobs import FINAL, LONG, job_request, running, wait_for
 
 pytest.importorskip("celery", reason="the distributed queue needs the queue extra: pip install -e '.[queue]'")
@@ -255,7 +255,7 @@ def test_jobs_submitted_to_one_replica_and_watched_on_the_other_survive_a_killed
 
 
 def test_cancel_on_another_replica_stops_a_running_job_and_a_queued_one_never_starts(
-    a: StylizeClient, b: StylizeClient
+    cluster: Cluster, a: StylizeClient, b: StylizeClient
 ) -> None:
     busy = [a.submit_optimization(job_request(iterations=LONG)) for _ in range(2)]
     try:
@@ -278,7 +278,9 @@ def test_cancel_on_another_replica_stops_a_running_job_and_a_queued_one_never_st
     finally:
         for job in busy:
             b.cancel_job(job.id)
-    time.sleep(1.0)  # had the queued job started, its worker would have claimed it by now
+    # Its message still reaches a worker, which finds the job over and runs nothing.
+    over = f"job {queued.id} is over: nothing to run"
+    wait_until(lambda: any(over in w.log() for w in cluster.workers), "a worker to take the cancelled job's message")
     assert a.get_job(queued.id).state == pb.JOB_STATE_CANCELLED and not a.get_job(queued.id).worker
 
 
@@ -368,9 +370,9 @@ def test_redis_away_makes_jobs_unavailable_and_both_come_back(
 
 
 def test_queue_settings_come_from_the_environment_and_are_checked() -> None:
-    from server.config import load_config
+    from server.config import load_worker_config
 
-    config = load_config(
+    config = load_worker_config(
         [],
         environ={
             "STYLIZE_QUEUE": "redis://:secret@queue:6379/0",
@@ -387,7 +389,7 @@ def test_queue_settings_come_from_the_environment_and_are_checked() -> None:
         {"STYLIZE_WORKER_THREADS": "-1"},
     ):
         with pytest.raises(SystemExit):
-            load_config([], environ=environ)
+            load_worker_config([], environ=environ)
     from server.jobs import queue
 
     assert queue.redact(config.queue) == "redis://:****@queue:6379/0"

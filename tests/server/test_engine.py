@@ -6,7 +6,6 @@ import io
 import shutil
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,18 +16,12 @@ import pytest
 from PIL import Image
 
 from client import StylizeClient
-from server.codec import nchw_to_rgb, rgb_to_nchw
-from tests.conftest import CONTENT_DIR, RunningServer, encode, photo, start_server, stop_server
+from core.codec import nchw_to_rgb, rgb_to_nchw
+from tests.conftest import CONTENT_DIR, RunningServer, encode, metric, photo, start_server, stop_server, wait_until
 
 
 def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
-
-
-def metric(server: RunningServer, line_start: str) -> float:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_start)]
-    return sum(values)
 
 
 def kodak(side: int) -> bytes:
@@ -178,7 +171,7 @@ def test_a_full_queue_refuses_and_deadlines_are_honoured(small_server: RunningSe
     data = encode(np.asarray(big.resize((big.width * 2, big.height * 2), Image.Resampling.BICUBIC)))
     busy = threading.Thread(target=call)
     busy.start()
-    time.sleep(1.0)
+    wait_until(lambda: metric(small_server, 'stylize_requests_in_flight{method="Stylize"}') >= 1, "the busy call")
     with StylizeClient(small_server.target, timeout_s=0.3) as client, pytest.raises(grpc.RpcError) as caught:
         client.stylize(data, "tiny")
     busy.join()
@@ -208,7 +201,7 @@ def test_a_new_version_is_served_without_a_failed_request(small_server: RunningS
     threads = [threading.Thread(target=keep_calling) for _ in range(2)]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)
+    wait_until(lambda: versions, "the first calls served")
     staging = repo / "tiny" / ".2.staging"
     shutil.copytree(repo / "tiny" / "1", staging)
     staging.rename(repo / "tiny" / "2")  # how export publishes a version: complete, then renamed into place
@@ -216,7 +209,9 @@ def test_a_new_version_is_served_without_a_failed_request(small_server: RunningS
     while 2 not in versions and time.monotonic() < deadline:
         time.sleep(0.2)
     shutil.rmtree(repo / "tiny" / "1")
-    time.sleep(2.0)
+    wait_until(lambda: "stopped serving tiny v1" in small_server.log(), "v1 dropped after its files went")
+    served = len(versions)
+    wait_until(lambda: len(versions) >= served + 2, "calls served after v1 went")
     stop.set()
     for thread in threads:
         thread.join()

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from server.codec import ImageDecodeError, decode_image
+from core.codec import ImageDecodeError, decode_image
 from server.errors import InvalidRequest
 from server.validation import stylize_task
 from stylize.v1 import stylize_pb2 as pb

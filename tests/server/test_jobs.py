@@ -209,7 +209,7 @@ def test_an_undecodable_image_fails_the_job_saying_why(client: StylizeClient) ->
         ({"iterations": 30000}, "limit of 20000 (STYLIZE_JOB_MAX_ITERATIONS)"),
         ({"schedule": [pb.Stage(max_side=300, iterations=2)]}, "schedule[0].max_side 300"),
         ({"time_budget_seconds": 1e9}, "STYLIZE_JOB_TIME_BUDGET_SECONDS"),
-        ({"content_layers": ["relu9_9"]}, "vgg19 has no layer 'relu9_9'"),
+        ({"content_layers": ["relu9_9"]}, "vgg16 has no layer 'relu9_9'"),  # the default network
         ({"learning_rate": 0.1}, "learning_rate applies to OPTIMIZER_ADAM only"),
         ({"init": pb.INITIALIZATION_IMAGE}, "init_image.data is empty"),
         ({"style_weights": [1.0, 2.0]}, "2 values for 1 style images"),
@@ -248,7 +248,7 @@ def test_job_metrics(client: StylizeClient, jobs_server: RunningServer) -> None:
         "stylize_job_iterations_per_second_count",
         "stylize_jobs_queued 0.0",
         "stylize_worker_restarts_total",
-        'stylize_requests_total{code="OK",method="WatchJob"}',
+        'stylize_requests_total{code="OK",method="WatchJob",protocol="grpc"}',
     ):
         assert line in text
     submitted = next(v for v in text.splitlines() if v.startswith("stylize_jobs_submitted_total"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -18,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from client import StylizeClient
-from tests.conftest import CONTENT_DIR, encode, start_server, stop_server
+from tests.conftest import CONTENT_DIR, encode, metric, start_server, stop_server, wait_until
 
 
 def large_photo(side: int = 1024) -> bytes:
@@ -98,12 +97,11 @@ def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(model_repo: Path, t
 
     thread = threading.Thread(target=in_flight)
     thread.start()
-    time.sleep(1.0)  # the call is being decoded or inferred
+    wait_until(lambda: metric(server, 'stylize_requests_in_flight{method="Stylize"}') >= 1, "the call in flight")
     server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
     with StylizeClient(server.target, timeout_s=10) as client:
+        wait_until(lambda: client.health() == "NOT_SERVING", "health NOT_SERVING once SIGTERM arrived")
         try:
-            assert client.health() == "NOT_SERVING"
             client.list_models()
             raise AssertionError("a new call during the drain was accepted")
         except grpc.RpcError as exc:

@@ -152,7 +152,28 @@ def test_health_and_reflection(server: RunningServer) -> None:
 def test_metrics_count_requests_by_method_and_code(client: StylizeClient, server: RunningServer) -> None:
     client.stylize(encode(photo()), "tiny")
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    assert 'stylize_requests_total{code="OK",method="Stylize"}' in text
+    assert 'stylize_requests_total{code="OK",method="Stylize",protocol="grpc"}' in text
     assert 'stylize_model_provider{model="tiny",provider="CPUExecutionProvider"} 1.0' in text
     assert 'stylize_model_precision{graph="model.onnx",model="tiny",precision="fp32"} 1.0' in text
     assert 'stylize_stage_duration_seconds_count{model="tiny",stage="inference"}' in text
+
+
+def test_a_request_the_family_cannot_take_is_refused_before_its_image_is_decoded(client: StylizeClient) -> None:
+    style = encode(photo(32, 32, seed=5))
+    for model, fields, message in (
+        ("tiny", {"style_images": [style]}, "style images only go to arbitrary-style models"),
+        ("trio", {"styles": {"monet": 1.0}}, "has no style 'monet'"),
+        ("adain", {}, "send at least one style image"),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            client.stylize(b"these bytes are no image", model, **fields)  # type: ignore[arg-type]
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in caught.value.details(), "the family check came after decoding"
+    assert_still_serving(client)
+
+
+def test_the_style_encoder_has_its_own_timing(client: StylizeClient) -> None:
+    fresh_style = encode(photo(48, 48, seed=11))  # not in the style cache yet
+    arbitrary = client.stylize(encode(photo(40, 30)), "adain", style_images=[fresh_style]).timings
+    assert arbitrary.style_seconds > 0 and arbitrary.inference_seconds > 0
+    assert client.stylize(encode(photo(40, 30)), "tiny").timings.style_seconds == 0

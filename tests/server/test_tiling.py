@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from server.codec import load_image_file, rgb_to_nchw
+from core.codec import load_image_file, rgb_to_nchw
 from server.tiling import GRID, TiledRunner, norm_layers, plan_tiles, stats_graph
 from tests.conftest import CONTENT_DIR
 

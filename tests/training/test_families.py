@@ -87,7 +87,7 @@ def test_arbitrary_trains_every_term_down(folders: tuple[Path, Path], tmp_path: 
     )
     checkpoint = loop.load_checkpoint(train_arbitrary(cfg))
     assert_every_term_falls(tmp_path / "losses.csv", ("content", "style", "total"))
-    assert checkpoint["family"] == "arbitrary" and checkpoint["loss_network"]["arch"] == "vgg19"
+    assert checkpoint["family"] == "arbitrary" and checkpoint["loss_network"]["arch"] == "vgg16"  # the default
     net = AdaINNet(AdaINConfig.from_dict(checkpoint["model_config"]))
     net.load_state_dict(checkpoint["model"])  # the encoder travels in the checkpoint
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from server.imageops import LUMA
+from core.imageops import LUMA
 from tests.conftest import encode, photo
 from training.gatys import (
     Cancelled,
@@ -217,7 +217,7 @@ def test_bf16_networks_share_weights_cast_once_with_autocast_s_values() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"style_layers": ("relu9_1",)}, "vgg19 has no layer 'relu9_1'"),
+        ({"style_layers": ("relu9_1",)}, "vgg16 has no layer 'relu9_1'"),  # the default network
         ({"sizes": (32, 64)}, "must be non-empty and match"),
         ({"sizes": (8,)}, "at least 16 px"),
         ({"init": "zeros"}, "init must be one of"),

@@ -57,7 +57,7 @@ def test_unknown_layer_names_the_known_ones() -> None:
 
 def test_not_found_error_names_every_way_to_provide_weights(hub: Path) -> None:
     with pytest.raises(WeightsNotFound) as caught:
-        resolve_weights("vgg16")
+        resolve_weights("vgg16", "torchvision")
     message = str(caught.value)
     for way in (
         "--loss-weights /path/to/vgg16-397923af.pth",
@@ -80,7 +80,7 @@ def test_wrong_hash_is_refused_for_a_file_and_the_hub_cache(hub: Path, tmp_path:
         resolve_weights("vgg16", str(explicit))
     fake_torchvision_file(hub / "vgg16-397923af.pth")
     with pytest.raises(WeightsHashMismatch, match="397923af8e79"):
-        resolve_weights("vgg16")
+        resolve_weights("vgg16", "torchvision")
 
 
 def test_a_file_with_the_published_hash_is_loaded(hub: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,7 +88,7 @@ def test_a_file_with_the_published_hash_is_loaded(hub: Path, tmp_path: Path, mon
     path = hub / "vgg16-397923af.pth"
     digest = fake_torchvision_file(path)
     monkeypatch.setitem(weights.IMAGENET_WEIGHTS, "vgg16", (weights.IMAGENET_WEIGHTS["vgg16"][0], digest))
-    net, info = load_vgg("vgg16", ["relu1_2"])
+    net, info = load_vgg("vgg16", ["relu1_2"], weights="torchvision")
     assert info.source == "hub-cache" and info.sha256 == digest and info.tag == f"imagenet:{digest[:16]}"
     state = torch.load(path, weights_only=True)
     assert torch.equal(net.layers[0].weight, state["features.0.weight"])
@@ -101,7 +101,42 @@ def test_download_is_only_tried_when_allowed(hub: Path, monkeypatch: pytest.Monk
     digest = fake_torchvision_file(source)
     monkeypatch.setitem(weights.IMAGENET_WEIGHTS, "vgg16", (source.as_uri(), digest))
     with pytest.raises(WeightsNotFound):
-        resolve_weights("vgg16")
-    state, info = resolve_weights("vgg16", allow_download=True)  # a file:// URL stands in for the network
+        resolve_weights("vgg16", "imagenet")  # the older name of the torchvision source
+    state, info = resolve_weights(
+        "vgg16", "torchvision", allow_download=True
+    )  # a file:// URL stands in for the network
     assert info.source == "download" and state is not None
     assert (hub / "published.pth").exists(), "a checked download lands in the hub cache"
+
+
+# The keras-vgg16 source: `make weights` (which `make test` runs first) fetched and converted it.
+
+
+def test_keras_weights_carry_the_caffe_convention_and_read_rgb() -> None:
+    from training.keras_vgg import cache_path
+
+    assert cache_path().is_file(), "run `make weights` (python -m training.weights fetch) first"
+    net, info = load_vgg("vgg16", ["relu1_1", "relu2_2"])  # the default source
+    assert info.source == "keras" and info.tag.startswith("keras-vgg16:3be917fb")
+    assert info.convention == weights.CAFFE_CONVENTION
+    # Our network reads RGB in [0, 1]; Keras' reads BGR in 0-255 less the Caffe mean. Same numbers:
+    state, _ = resolve_weights("vgg16")
+    rgb = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    bgr = rgb.flip(1) * 255 - torch.tensor(weights.CAFFE_CONVENTION.mean).view(1, 3, 1, 1)
+    assert state is not None
+    keras = torch.relu(torch.nn.functional.conv2d(bgr, state["features.0.weight"], state["features.0.bias"], padding=1))
+    ours = net(rgb, ["relu1_1"])["relu1_1"]
+    torch.testing.assert_close(ours, keras, rtol=1e-4, atol=1e-3)
+
+
+def test_keras_weights_are_a_vgg16_only_and_never_stand_in_for_another_source(hub: Path) -> None:
+    with pytest.raises(ValueError, match="VGG-16; VGG19 needs --loss-weights torchvision"):
+        resolve_weights("vgg19", "keras-vgg16")
+    with pytest.raises(WeightsNotFound, match="make weights"):  # an empty cache: an error, not a download
+        resolve_weights("vgg16", "keras-vgg16")
+
+
+def test_the_convention_gives_rgb_unit_mean_and_std() -> None:
+    mean, std = weights.CAFFE_CONVENTION.rgb_unit()
+    assert mean == pytest.approx((123.68 / 255, 116.779 / 255, 103.939 / 255)) and std == pytest.approx((1 / 255,) * 3)
+    assert weights.TORCHVISION_CONVENTION.rgb_unit() == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.codec import (
+from core.codec import (
     ImageDecodeError,
     ImageTooLarge,
     OutputFormat,

@@ -1,6 +1,6 @@
 """Render the README's pictures from the model repository: every model on the same photos.
 
-    python -m export.gallery   # docs/hero.jpg, gallery.jpg (per-style), blends.jpg (multi), arbitrary.jpg
+    python -m bench.gallery   # docs/hero.jpg, gallery.jpg (per-style), blends.jpg (multi), arbitrary.jpg
 
 Runs the exported ONNX graphs through the server's own pipeline (decode,
 inference, post-processing), so the pictures show what the service returns.
@@ -14,13 +14,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from server import codec
+from core import codec
 from server.pipeline import Engine, EngineSettings, StylizeTask
 from server.registry import LoadedModel, ModelRegistry
 from server.runtime import RuntimeOptions
 from server.style_cache import StyleStatsCache
 
-logger = logging.getLogger("export.gallery")
+logger = logging.getLogger("bench.gallery")
 
 PHOTOS = ["data/content/kodim23.png", "data/content/kodim15.png", "data/content/kodim21.png"]
 CELL = 256

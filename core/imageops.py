@@ -1,6 +1,8 @@
 """Post-processing shared by every family: strength and colour preservation, on float RGB arrays.
 
-Arrays are (H, W, 3) float32 in [0, 1].
+Arrays are (3, H, W) float32 in [0, 1]: the graphs' layout (one image of their NCHW
+batch), so the server post-processes a graph's output where it lies and converts
+to (H, W, 3) bytes once, in the encoder (core/codec.py, nchw_to_rgb).
 """
 
 from __future__ import annotations
@@ -24,5 +26,5 @@ def preserve_color(stylized: np.ndarray, content: np.ndarray) -> np.ndarray:
     In YIQ every colour channel depends on Y with coefficient 1, so replacing Y
     is adding the luminance difference to each channel of the content.
     """
-    delta = (stylized - content) @ LUMA  # (H, W): Y_stylized - Y_content
-    return np.asarray(np.clip(content + delta[..., None], 0.0, 1.0))
+    delta = np.einsum("c,chw->hw", LUMA, stylized - content)  # (H, W): Y_stylized - Y_content
+    return np.asarray(np.clip(content + delta[None], 0.0, 1.0))

@@ -1,0 +1,115 @@
+"""The bundled models' outputs, as a user sees them: every model stylises a photo, and its style input matters.
+
+The first bundle shipped an `adain` that returned one flat colour for every photo and style, and an
+`impressionists` whose four styles were nearly the same blurred photo; nothing noticed. These tests run
+each model's newest version with ONNX Runtime on a held photo and assert what a person would check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from core.repository import list_versions, model_dirs, read_spec
+from tests.conftest import ROOT
+
+MODELS = ROOT / "models"
+SIDE = 160
+# The two graphs of the random-weights bundle these tests were written against (issue 13): the flat adain
+# and the near-identical impressionists. Strict: once a retrained version replaces them, the mark falls away.
+KNOWN_BROKEN = {
+    "54e2fdc68b9922c8fa23fa5e0b0567a805bd0afe853a1bb054ec065b3a1a7fde": "adain",
+    "28d7ce5995842602f71719bd9f419ccb25267d39ce67c9144d2a6c950e02a88f": "impressionists",
+}
+
+
+def newest_sha(model_dir: Path) -> str:
+    spec = read_spec(model_dir)
+    return spec.versions[max(list_versions(model_dir, spec.family))].sha256["model.onnx"]
+
+
+def marked(model_dir: Path) -> object:
+    if newest_sha(model_dir) in KNOWN_BROKEN:
+        reason = "issue 13: trained on random:0 features; the retrained bundle replaces it"
+        return pytest.param(model_dir, id=model_dir.name, marks=pytest.mark.xfail(strict=True, reason=reason))
+    return pytest.param(model_dir, id=model_dir.name)
+
+
+DIRS = model_dirs(MODELS)
+
+
+def photo(path: Path, side: int = SIDE) -> np.ndarray:
+    """(1, 3, H, W) float32 RGB in [0, 1], longer side `side`."""
+    image = Image.open(path).convert("RGB")
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return (np.asarray(image, dtype=np.float32) / 255).transpose(2, 0, 1)[None].copy()
+
+
+CONTENT = photo(ROOT / "data" / "content" / "kodim23.png")
+
+
+def sessions(model_dir: Path) -> dict[str, ort.InferenceSession]:
+    spec = read_spec(model_dir)
+    version = model_dir / str(max(list_versions(model_dir, spec.family)))
+    return {
+        g.file: ort.InferenceSession(str(version / g.file), providers=["CPUExecutionProvider"]) for g in spec.graphs
+    }
+
+
+def run(session: ort.InferenceSession, **feeds: np.ndarray) -> np.ndarray:
+    (out,) = session.run(None, feeds)
+    return np.clip(out, 0, 1)
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def assert_stylised(out: np.ndarray, what: str) -> None:
+    assert out.shape == CONTENT.shape, what
+    # A flat image has a per-channel spatial std near 0 (the broken adain: 3e-8); a photo's is about 0.2.
+    assert out[0].reshape(3, -1).std(axis=1).min() > 0.04, f"{what}: the output is (nearly) one flat colour"
+    assert distance(out, CONTENT) > 0.06, f"{what}: the output is (nearly) the photo itself"
+
+
+def by_family(family: str) -> list[object]:
+    return [marked(d) for d in DIRS if read_spec(d).family == family]
+
+
+@pytest.mark.parametrize("model_dir", by_family("per_style"))
+def test_a_per_style_model_stylises_a_photo(model_dir: Path) -> None:
+    assert_stylised(run(sessions(model_dir)["model.onnx"], image=CONTENT), model_dir.name)
+
+
+@pytest.mark.parametrize("model_dir", by_family("multi_style"))
+def test_each_style_of_a_multi_style_model_differs_and_a_blend_lies_between(model_dir: Path) -> None:
+    session = sessions(model_dir)["model.onnx"]
+    count = len(read_spec(model_dir).styles)
+    outs = [run(session, image=CONTENT, style_weights=np.eye(count, dtype=np.float32)[[i]]) for i in range(count)]
+    for i, out in enumerate(outs):
+        assert_stylised(out, f"{model_dir.name} style {i}")
+        for j in range(i):
+            assert distance(out, outs[j]) > 0.05, f"styles {j} and {i} give (nearly) the same image"
+    half = np.zeros((1, count), np.float32)
+    half[0, :2] = 0.5
+    blend = run(session, image=CONTENT, style_weights=half)
+    apart = distance(outs[0], outs[1])
+    assert distance(blend, outs[0]) < apart and distance(blend, outs[1]) < apart
+    assert distance(blend, (outs[0] + outs[1]) / 2) < apart / 2, "a 50/50 blend lies between its two styles"
+
+
+@pytest.mark.parametrize("model_dir", by_family("arbitrary"))
+def test_an_arbitrary_style_model_follows_its_style_image(model_dir: Path) -> None:
+    graphs = sessions(model_dir)
+    styles = ROOT / "data" / "styles"
+    outs = []
+    for name in ("starry_night", "the_kiss"):
+        stats = graphs["style_encoder.onnx"].run(None, {"style": photo(styles / f"{name}.jpg", 256)})[0]
+        out = run(graphs["model.onnx"], image=CONTENT, style_stats=stats, strength=np.ones((1, 1), np.float32))
+        assert_stylised(out, f"{model_dir.name} with {name}")
+        outs.append(out)
+    assert distance(outs[0], outs[1]) > 0.05, "two different paintings give (nearly) the same output"
