@@ -10,6 +10,7 @@ BENCHMARKS = [
     "bench.serving",
     "bench.http",
     "bench.batching",
+    "bench.video",
     "bench.gpu_serving",
     "bench.gatys",
     "bench.gatys_stability",

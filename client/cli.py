@@ -7,12 +7,15 @@
     stylize apply -m impressionists --style starry_night=0.7 --style great_wave=0.3 photo.jpg
     stylize apply -m adain --style-image painting.jpg photo.jpg
     stylize optimize photo.jpg --style-image painting.jpg -o result.png --max-side 512 --iterations 500
+    stylize video clip.mp4 -m great_wave -o clip.great_wave.mp4 --max-side 512
     stylize optimize photo.jpg --style-image a.jpg --style-image b.jpg --style-image-weight 0.7 \
         --style-image-weight 0.3 --schedule 256:300,512:100 --preview-dir previews/ --preserve-color
 
 `--target` (or STYLIZE_TARGET) picks the server, 127.0.0.1:50051 by default.
 `optimize` runs a Gatys job on the server's workers with a progress line on
-stderr; Ctrl-C cancels the job (exit 130).
+stderr; Ctrl-C cancels the job (exit 130). `video` streams a video's frames
+through StylizeVideo (client/video.py) with a progress line; Ctrl-C leaves no
+partial file (exit 130).
 """
 
 from __future__ import annotations
@@ -240,6 +243,86 @@ def cmd_optimize(client: StylizeClient, args: argparse.Namespace) -> int:
     return 0
 
 
+class ProgressLine:
+    """`[#####.....] 120/300 frames 14.2 fps` on stderr: redrawn on a terminal, a line per tenth in a log."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.shown = -1
+        self.done = self.total = 0
+
+    def update(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        tenth = 10 * done // total if total else done // 100
+        if self.tty or tenth != self.shown:
+            self.shown = tenth
+            self.show()
+
+    def show(self) -> None:
+        fps = self.done / max(time.monotonic() - self.started, 1e-9)
+        if self.total:
+            width = 24
+            bar = "#" * (width * min(self.done, self.total) // self.total)
+            line = f"[{bar.ljust(width, '.')}] {self.done}/{self.total} frames {fps:.1f} fps"
+        else:
+            line = f"{self.done} frames {fps:.1f} fps"
+        print("\r\033[K" + line if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """The last state, if a log has not seen it yet, and the end of a terminal's line."""
+        if not self.tty and self.done and self.done != self.total:
+            self.total = self.done  # the container's count was an estimate
+            self.show()
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def cmd_video(client: StylizeClient, args: argparse.Namespace) -> int:
+    import av  # FFmpeg's libraries: loaded for this command only
+
+    from client.video import stylize_video_file
+
+    source = Path(args.input)
+    if not source.is_file():
+        raise SystemExit(f"stylize: {source} does not exist")
+    out = args.out or source.with_name(f"{source.stem}.{args.model}{source.suffix}")
+    progress = ProgressLine()
+    try:
+        summary = stylize_video_file(
+            client,
+            source,
+            out,
+            args.model,
+            temporal=0.0 if args.no_temporal else args.temporal,
+            progress=progress.update,
+            styles=parse_style_weights(args.style),
+            style_images=[Path(p).read_bytes() for p in args.style_image],
+            style_image_weights=args.style_image_weight,
+            strength=args.strength,
+            preserve_color=args.preserve_color,
+            max_side=args.max_side,
+            version=args.version,
+        )
+    except KeyboardInterrupt:
+        print(f"\nstylize: interrupted; {out} not written", file=sys.stderr)
+        return 130
+    except grpc.RpcError as exc:
+        print(f"\nstylize: {source}: {exc.code().name}: {exc.details()}; {out} not written", file=sys.stderr)
+        return 1
+    except (av.FFmpegError, OSError, ValueError) as exc:  # unreadable input, a codec the container cannot hold
+        print(f"\nstylize: {source}: {exc}; {out} not written", file=sys.stderr)
+        return 1
+    finally:
+        progress.close()
+    audio = ", audio copied" if summary.audio else ""
+    print(
+        f"{source} -> {out} ({summary.frames} frames at {summary.width}x{summary.height}{audio}, "
+        f"{summary.frames / summary.seconds:.1f} fps)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylize", description="Stylize API client")
     parser.add_argument("--target", default=os.environ.get("STYLIZE_TARGET", DEFAULT_TARGET), help="host:port")
@@ -301,6 +384,20 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--time-budget", type=float, default=0.0, help="seconds (0: the server's limit)")
     opt.add_argument("--format", choices=("png", "jpeg"), default="png")
     opt.set_defaults(run=cmd_optimize)
+    vid = sub.add_parser("video", help="stylize a video, steady from frame to frame")
+    vid.add_argument("input", help="a video file (any container and codec FFmpeg reads)")
+    vid.add_argument("-m", "--model", required=True)
+    vid.add_argument("-o", "--out", type=Path, default=None, help="the result (default INPUT.MODEL.ext)")
+    vid.add_argument("--style", action="append", default=[], help="multi-style blend: NAME=WEIGHT, repeatable")
+    vid.add_argument("--style-image", action="append", default=[], help="arbitrary style: an image, repeatable")
+    vid.add_argument("--style-image-weight", action="append", type=float, default=[], help="one per --style-image")
+    vid.add_argument("--strength", type=float, default=None, help="0..1 (default 1)")
+    vid.add_argument("--preserve-color", action="store_true", help="keep the video's colours")
+    vid.add_argument("--max-side", type=int, default=0, help="shrink so the longer side fits (0: keep)")
+    vid.add_argument("--version", type=int, default=0, help="model version (0: newest)")
+    vid.add_argument("--temporal", type=float, default=None, help="temporal consistency 0..1 (the server's default)")
+    vid.add_argument("--no-temporal", action="store_true", help="stylise every frame on its own (flickers)")
+    vid.set_defaults(run=cmd_video)
     return parser
 
 

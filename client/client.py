@@ -10,8 +10,9 @@ Errors arrive as grpc.RpcError with the server's status code and message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -94,31 +95,37 @@ class StylizeClient:
         content: bytes | pb.RawImage,
         model: str,
         *,
-        styles: Mapping[str, float] | None = None,
-        style_images: Sequence[bytes] = (),
-        style_image_weights: Sequence[float] = (),
-        strength: float | None = None,
-        preserve_color: bool = False,
-        max_side: int = 0,
-        version: int = 0,
         output_format: str = "png",
-        jpeg_quality: int = 0,
+        **options: Any,
     ) -> pb.StylizeResponse:
-        request = pb.StylizeRequest(
-            model=model,
-            content=pb.Image(raw=content) if isinstance(content, pb.RawImage) else pb.Image(data=content),
-            styles=[pb.StyleWeight(style=k, weight=v) for k, v in (styles or {}).items()],
-            style_images=[pb.Image(data=data) for data in style_images],
-            style_image_weights=list(style_image_weights),
-            preserve_color=preserve_color,
-            max_side=max_side,
-            version=version,
-            output_format=OUTPUT_FORMATS[output_format.lower()],
-            jpeg_quality=jpeg_quality,
-        )
-        if strength is not None:
-            request.strength = strength
+        """One image; `options` are those of `stylize_request` (styles, strength, max_side...)."""
+        request = stylize_request(model, output_format=output_format, **options)
+        request.content.CopyFrom(image_message(content))
         return self.stub.Stylize(request, timeout=self.timeout_s, metadata=self.metadata)
+
+    def stylize_video(
+        self,
+        frames: Iterable[bytes | pb.RawImage],
+        model: str,
+        *,
+        temporal: float | None = None,
+        output_format: str = "raw",
+        timeout_s: float | None = None,
+        **options: Any,
+    ) -> grpc.CallIterator[pb.VideoFrame]:
+        """A StylizeVideo stream: one VideoFrame per frame, in order, as `frames` is read (lazily, on a gRPC
+        thread). `temporal` 0..1 (None: the server's default, 0: off); the call can be cancelled
+        (`.cancel()`). No deadline unless `timeout_s`: a video takes as long as it takes."""
+        start = pb.VideoStart(options=stylize_request(model, output_format=output_format, **options))
+        if temporal is not None:
+            start.temporal = temporal
+
+        def requests() -> Iterator[pb.VideoRequest]:
+            yield pb.VideoRequest(start=start)
+            for frame in frames:
+                yield pb.VideoRequest(frame=image_message(frame))
+
+        return self.stub.StylizeVideo(requests(), timeout=timeout_s, metadata=self.metadata)
 
     def submit_optimization(self, request: pb.OptimizationRequest) -> pb.Job:
         return self.stub.SubmitOptimization(request, timeout=self.timeout_s, metadata=self.metadata)
@@ -132,3 +139,37 @@ class StylizeClient:
 
     def cancel_job(self, job_id: str) -> pb.Job:
         return self.stub.CancelJob(pb.JobRef(id=job_id), timeout=self.timeout_s, metadata=self.metadata)
+
+
+def image_message(content: bytes | pb.RawImage) -> pb.Image:
+    return pb.Image(raw=content) if isinstance(content, pb.RawImage) else pb.Image(data=content)
+
+
+def stylize_request(
+    model: str,
+    *,
+    styles: Mapping[str, float] | None = None,
+    style_images: Sequence[bytes] = (),
+    style_image_weights: Sequence[float] = (),
+    strength: float | None = None,
+    preserve_color: bool = False,
+    max_side: int = 0,
+    version: int = 0,
+    output_format: str = "png",
+    jpeg_quality: int = 0,
+) -> pb.StylizeRequest:
+    """The options of a Stylize call (or of a StylizeVideo stream), content not set."""
+    request = pb.StylizeRequest(
+        model=model,
+        styles=[pb.StyleWeight(style=k, weight=v) for k, v in (styles or {}).items()],
+        style_images=[pb.Image(data=data) for data in style_images],
+        style_image_weights=list(style_image_weights),
+        preserve_color=preserve_color,
+        max_side=max_side,
+        version=version,
+        output_format=OUTPUT_FORMATS[output_format.lower()],
+        jpeg_quality=jpeg_quality,
+    )
+    if strength is not None:
+        request.strength = strength
+    return request

@@ -122,6 +122,7 @@ def record_models(registry: ModelRegistry, changes: Changes) -> None:
             metrics.MODEL_WARMUP_SECONDS.labels(model.name, str(version.version)).set(version.warmup_seconds)
         metrics.MODEL_PROVIDER.labels(model.name, model.newest.provider).set(1)
         metrics.TILED.labels(model.name)  # at 0 until its first tiled call
+        metrics.VIDEO_FRAMES.labels(model.name)  # and until its first video frame
     metrics.MODEL_LOAD_FAILURES.clear()
     for name in registry.failures:
         metrics.MODEL_LOAD_FAILURES.labels(name).set(1)

@@ -105,6 +105,16 @@ BATCH_SIZE = Histogram(
     "stylize_batch_size", "Images per inference (dynamic batching joins same-size calls)", buckets=(1, 2, 4, 8, 16)
 )
 
+# StylizeVideo streams (each frame also passes admission, so QUEUED and REJECTED count frames too).
+VIDEO_STREAMS = Gauge("stylize_video_streams_open", "StylizeVideo streams open now")
+VIDEO_FRAMES = Counter("stylize_video_frames", "Video frames stylised and sent back", ["model"])
+VIDEO_FRAME_SECONDS = Histogram(
+    "stylize_video_frame_duration_seconds",
+    "Time from receiving a video frame to sending its stylised frame, queue and temporal blending included",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+
 # Hardware.
 CUDA_DEVICES = Gauge("stylize_cuda_devices", "CUDA devices the driver reports (0 without a GPU)")
 REGISTRY.register(GpuMemoryCollector())

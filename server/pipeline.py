@@ -118,10 +118,7 @@ class Engine:
 
         started = time.perf_counter()
         content, out = x[0], y[0]  # (3, H, W): post-processed in the graphs' layout, converted once to encode
-        if task.preserve_color:
-            out = imageops.preserve_color(out, content)
-        if not strength_in_graph:
-            out = imageops.blend_strength(out, content, task.strength)
+        out = post_process(task, out, content, strength_in_graph)
         data = codec.encode_image(
             codec.nchw_to_rgb(out),
             alpha,
@@ -199,6 +196,15 @@ class Engine:
         """Drop a removed version's tiled sessions."""
         with self._tiler_lock:
             self._tilers.pop((name, version), None)
+
+
+def post_process(task: StylizeTask, out: np.ndarray, content: np.ndarray, strength_in_graph: bool) -> np.ndarray:
+    """`preserve_color`, then `strength` unless the graph applied it; (3, H, W) float32 arrays in [0, 1]."""
+    if task.preserve_color:
+        out = imageops.preserve_color(out, content)
+    if not strength_in_graph:
+        out = imageops.blend_strength(out, content, task.strength)
+    return out
 
 
 def check_family(task: StylizeTask, model: LoadedModel) -> None:

@@ -2,7 +2,8 @@
 
 Each method runs inside `_accounted`, which wraps `StylizeService.accounted`
 (count, time, log with a request id, map exceptions through
-`server.errors.status_for`) and aborts the call with the status it chose.
+`server.errors.status_for`) and aborts the call with the status it chose;
+StylizeVideo streams inside it (server/video.py).
 The HTTP API (server/http/) is the other front door to the same service.
 """
 
@@ -17,6 +18,7 @@ import grpc
 
 from server.jobs import convert
 from server.service import FAMILIES, Call, CallFailed, StylizeService, new_request_id
+from server.video import VideoService
 from stylize.v1 import stylize_pb2 as pb
 from stylize.v1 import stylize_pb2_grpc
 
@@ -33,6 +35,7 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
     def __init__(self, service: StylizeService) -> None:
         self.service = service
+        self.video = VideoService(service.registry, service.engine, service.admission, service.executor)
 
     @contextlib.asynccontextmanager
     async def _accounted(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Call]:
@@ -81,3 +84,10 @@ class StyleTransferServicer(stylize_pb2_grpc.StyleTransferServicer):
                 yield convert.job_message(record)
         except CallFailed as failed:
             await context.abort(failed.code, failed.message)
+
+    async def StylizeVideo(
+        self, requests: AsyncIterator[pb.VideoRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.VideoFrame]:
+        async with self._accounted("StylizeVideo", context) as call:
+            async for frame in self.video.stream(requests, call, context.time_remaining()):
+                yield frame

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from core.codec import OutputFormat, RawPixels
@@ -33,13 +34,13 @@ def encoded_image(image: pb.Image, name: str) -> bytes:
     return image.data
 
 
-def content_image(image: pb.Image) -> bytes | RawPixels:
+def content_image(image: pb.Image, name: str = "content") -> bytes | RawPixels:
     if image.WhichOneof("kind") == "raw":
         return RawPixels(width=image.raw.width, height=image.raw.height, rgb=image.raw.rgb)
     if not image.data:
         raise InvalidRequest(
-            "content is empty: send the bytes of a PNG, JPEG or WebP image in content.data, "
-            "or raw RGB pixels in content.raw"
+            f"{name} is empty: send the bytes of a PNG, JPEG or WebP image in {name}.data, "
+            f"or raw RGB pixels in {name}.raw"
         )
     return image.data
 
@@ -53,7 +54,13 @@ def check_range(name: str, value: float, low: float, high: float) -> float:
 def stylize_task(request: pb.StylizeRequest) -> StylizeTask:
     if not request.model:
         raise InvalidRequest("model is empty: name one of the models that ListModels returns")
-    content = content_image(request.content)
+    return stylize_options(request, content_image(request.content))
+
+
+def stylize_options(request: pb.StylizeRequest, content: bytes | RawPixels) -> StylizeTask:
+    """Every field but the content checked; `content` goes into the task as given."""
+    if not request.model:
+        raise InvalidRequest("model is empty: name one of the models that ListModels returns")
     strength = check_range("strength", request.strength, 0.0, 1.0) if request.HasField("strength") else 1.0
     if request.max_side > MAX_SIDE_LIMIT:
         raise InvalidRequest(f"max_side must be at most {MAX_SIDE_LIMIT} (0 keeps the size), got {request.max_side}")
@@ -95,3 +102,22 @@ def stylize_task(request: pb.StylizeRequest) -> StylizeTask:
         output_format=OUTPUT_FORMATS[request.output_format],
         jpeg_quality=request.jpeg_quality or 90,
     )
+
+
+DEFAULT_TEMPORAL = 0.8  # chosen by bench/video.py: see README "Video"
+
+
+def video_options(start: pb.VideoStart) -> tuple[StylizeTask, float]:
+    """A StylizeVideo stream's first message -> the task every frame runs (content left empty) and the
+    temporal strength. Output is raw RGB unless the options ask for PNG or JPEG."""
+    options = start.options
+    if options.HasField("content"):
+        raise InvalidRequest(
+            "the first message of StylizeVideo names the model and options only; send each frame "
+            "in a later message's `frame`"
+        )
+    task = stylize_options(options, b"")
+    if options.output_format == pb.OUTPUT_FORMAT_UNSPECIFIED:
+        task = dataclasses.replace(task, output_format=OutputFormat.RAW)
+    strength = check_range("temporal", start.temporal, 0.0, 1.0) if start.HasField("temporal") else DEFAULT_TEMPORAL
+    return task, strength

@@ -13,6 +13,8 @@ API_MODULES = [
     "server.servicer",
     "server.registry",
     "server.pipeline",
+    "server.video",
+    "server.temporal",
     "core.codec",
     "core.repository",
     "server.jobs.local",
