@@ -16,18 +16,6 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def cpu_flags() -> list[str]:
-    """The vector extensions ONNX Runtime, PyTorch and OpenCV choose their kernels by."""
-    wanted = {"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile"}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(wanted & set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return []
-
-
 def machine() -> dict[str, Any]:
     """Where the figures came from: CPU model and vector extensions, cores, memory."""
     cpu = platform.processor() or platform.machine()

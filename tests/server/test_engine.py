@@ -19,6 +19,8 @@ from client import StylizeClient
 from core.codec import nchw_to_rgb, rgb_to_nchw
 from tests.conftest import CONTENT_DIR, RunningServer, encode, metric, photo, start_server, stop_server, wait_until
 
+IN_FLIGHT = 'stylize_requests_in_flight{method="Stylize",protocol="grpc"}'
+
 
 def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
@@ -171,7 +173,7 @@ def test_a_full_queue_refuses_and_deadlines_are_honoured(small_server: RunningSe
     data = encode(np.asarray(big.resize((big.width * 2, big.height * 2), Image.Resampling.BICUBIC)))
     busy = threading.Thread(target=call)
     busy.start()
-    wait_until(lambda: metric(small_server, 'stylize_requests_in_flight{method="Stylize"}') >= 1, "the busy call")
+    wait_until(lambda: metric(small_server, IN_FLIGHT) >= 1, "the busy call")
     with StylizeClient(small_server.target, timeout_s=0.3) as client, pytest.raises(grpc.RpcError) as caught:
         client.stylize(data, "tiny")
     busy.join()

@@ -19,6 +19,8 @@ from PIL import Image
 from client import StylizeClient
 from tests.conftest import CONTENT_DIR, encode, metric, start_server, stop_server, wait_until
 
+IN_FLIGHT = 'stylize_requests_in_flight{method="Stylize",protocol="grpc"}'
+
 
 def large_photo(side: int = 1024) -> bytes:
     image = Image.open(CONTENT_DIR / "kodim23.png").convert("RGB").resize((side, side))
@@ -97,7 +99,7 @@ def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(model_repo: Path, t
 
     thread = threading.Thread(target=in_flight)
     thread.start()
-    wait_until(lambda: metric(server, 'stylize_requests_in_flight{method="Stylize"}') >= 1, "the call in flight")
+    wait_until(lambda: metric(server, IN_FLIGHT) >= 1, "the call in flight")
     server.process.send_signal(signal.SIGTERM)
     with StylizeClient(server.target, timeout_s=10) as client:
         wait_until(lambda: client.health() == "NOT_SERVING", "health NOT_SERVING once SIGTERM arrived")
