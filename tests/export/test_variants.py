@@ -13,7 +13,7 @@ import pytest
 from core import codec
 from core.repository import PIXELS_INPUT, ModelSpec, read_spec
 from export.variants import Feeds, byte_error, photo_split
-from tests.conftest import photo
+from tests.conftest import encode, make_checkpoint, photo
 
 MODELS = ("tiny", "trio", "adain")
 
@@ -81,3 +81,18 @@ def test_the_held_photos_are_the_last_sixth(tmp_path: Path) -> None:
         (tmp_path / f"p{number:02d}.png").write_bytes(b"")
     calibration, held = photo_split(tmp_path)
     assert [p.name for p in held] == ["p10.png", "p11.png"] and len(calibration) == 10
+
+
+def test_export_writes_the_variants_into_the_new_version(tmp_path: Path) -> None:
+    from export.__main__ import ExportConfig, export_checkpoint
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(2):
+        (photos / f"photo{seed}.png").write_bytes(encode(photo(48, 40, seed=seed)))
+    checkpoint = make_checkpoint(tmp_path / "checkpoint.pt")
+    config = ExportConfig(checkpoint, "tiny", tmp_path / "models", variants=("pixels",), content_dir=photos)
+    version = export_checkpoint(config)
+    info = read_spec(tmp_path / "models" / "tiny").versions[version]
+    assert [v.file for v in info.variants] == ["model.pixels.onnx"] and info.variants[0].max_pixel_error <= 1
+    assert (tmp_path / "models" / "tiny" / str(version) / "model.pixels.onnx").is_file()
