@@ -148,7 +148,7 @@ def _fast_decode(data: bytes, image: Image.Image) -> tuple[np.ndarray, np.ndarra
             # strict: a recoverable error (a truncated scan) raises instead of returning grey rows.
             pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
             return (pixels, None) if pixels.shape[:2] == (image.height, image.width) else None
-    except (RuntimeError, ValueError, OSError):
+    except (RuntimeError, ValueError, OSError, SyntaxError):  # libspng, simplejpeg and Pillow's EXIF reader
         return None  # Pillow decides: it decodes the file or says why not
     return None
 
