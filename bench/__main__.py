@@ -6,6 +6,8 @@ import importlib
 
 BENCHMARKS = [
     "bench.codec",
+    "bench.pixels",
+    "bench.roofline",
     "bench.presets",
     "bench.serving",
     "bench.http",

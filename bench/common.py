@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.cpu import simd_flags
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -29,30 +31,13 @@ def machine() -> dict[str, Any]:
     memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     return {
         "cpu": cpu,
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": simd_flags(),  # the SIMD extensions ONNX Runtime's kernels choose by (core/cpu.py)
         "cores": os.cpu_count(),
         "memory_gib": memory_gib,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
     }
-
-
-# The instruction sets ONNX Runtime's and PyTorch's CPU kernels pick between (of /proc/cpuinfo's ~100 flags).
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
-
-
-def cpu_flags() -> list[str]:
-    """The vector-instruction flags of this CPU that decide which kernels run: AVX2, AVX-512*, VNNI, AMX."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = line.split(":", 1)[1].split()
-            return sorted(f for f in flags if f in SIMD_FLAGS or f.startswith("avx512"))
-    return []
 
 
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
@@ -82,6 +67,21 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2) + "\n")
     return path
+
+
+def alternate(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each of `calls`, taken in turn `repeats` times, so that a busy moment of a shared
+    machine falls on all of them alike; compare their medians."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return times
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:

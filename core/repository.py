@@ -5,6 +5,9 @@
         model.json        # ModelSpec: family, styles, preset, graphs and their inputs, provenance per version
         1/model.onnx
         2/model.onnx      # the newest version is served unless a request names one
+        2/model.pixels.onnx       # variants (VariantSpec, written by export/variants.py): uint8 pixels in and out,
+        2/model.int8.onnx         # int8 weights and activations, both; the server chooses among them at load
+        2/model.int8.pixels.onnx
 
 A version is a directory named by a positive integer that holds every graph the
 family needs. `write_version` (called by export/) writes a version into a hidden
@@ -24,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +45,7 @@ FAMILY_GRAPHS = {
     "multi_style": ("model.onnx",),
     "arbitrary": ("model.onnx", "style_encoder.onnx"),
 }
+FAMILY_GRAPHS_ALL = frozenset(g for graphs in FAMILY_GRAPHS.values() for g in graphs)
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 
 
@@ -63,11 +68,42 @@ class GraphSpec:
     outputs: list[TensorSpec]
 
 
+# The tensors of a "pixels" variant: what the server decoded, as it is, and what it encodes.
+PIXELS_INPUT = TensorSpec("pixels", ["batch", "height", "width", 3], "uint8", "RGB bytes, row by row (HWC)")
+PIXELS_OUTPUT = TensorSpec("stylized_pixels", ["batch", "height", "width", 3], "uint8", "RGB bytes (HWC)")
+VARIANT_PRECISIONS = ("fp32", "int8")
+PSNR_IDENTICAL = 99.0
+VARIANT_IO = ("float", "pixels")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """Another build of one of a version's graphs: the same network in another precision or with other I/O.
+
+    io "float" takes and returns what the graph does; "pixels" takes PIXELS_INPUT for the graph's image and
+    returns PIXELS_OUTPUT, with the layout change, scaling and rounding inside. The errors are against the
+    fp32 graph's output rounded to bytes, on photos the calibration did not see (export/variants.py).
+    """
+
+    file: str  # "model.int8.pixels.onnx"
+    graph: str  # the graph it stands in for: "model.onnx"
+    precision: str  # VARIANT_PRECISIONS
+    io: str  # VARIANT_IO
+    sha256: str
+    psnr_db: float  # PSNR_IDENTICAL where every pixel matched (JSON has no infinity)
+    max_pixel_error: int  # 0-255
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     sha256: dict[str, str]  # graph file -> SHA-256 of its bytes
     created_at: str  # ISO 8601, UTC
     provenance: dict[str, Any] = field(default_factory=dict)
+    variants: list[VariantSpec] = field(default_factory=list)  # none in versions exported before issue 18
+
+    def variant(self, graph: str, precision: str, io: str) -> VariantSpec | None:
+        return next((v for v in self.variants if (v.graph, v.precision, v.io) == (graph, precision, io)), None)
 
 
 @dataclass(frozen=True)
@@ -100,7 +136,7 @@ class ModelSpec:
                 )
                 for g in data["graphs"]
             ]
-            versions = {int(k): VersionInfo(**v) for k, v in data.get("versions", {}).items()}
+            versions = {int(k): _version_info(v) for k, v in data.get("versions", {}).items()}
             spec = cls(
                 name=data["name"],
                 family=data["family"],
@@ -115,6 +151,14 @@ class ModelSpec:
         if spec.family not in FAMILIES:
             raise RepositoryError(f"{source}: family {spec.family!r} is not one of {FAMILIES}")
         return spec
+
+
+def _version_info(data: dict[str, Any]) -> VersionInfo:
+    variants = [VariantSpec(**v) for v in data.get("variants", [])]
+    for variant in variants:
+        if variant.precision not in VARIANT_PRECISIONS or variant.io not in VARIANT_IO:
+            raise ValueError(f"variant {variant.file}: precision {variant.precision!r}, io {variant.io!r}")
+    return VersionInfo(**{**data, "variants": variants})
 
 
 def read_spec(model_dir: Path) -> ModelSpec:
@@ -161,6 +205,7 @@ def write_version(
     graph_files: dict[str, Path],
     provenance: dict[str, Any],
     version: int | None = None,
+    variants: Sequence[tuple[VariantSpec, Path]] = (),
 ) -> int:
     """Copy `graph_files` (graph name -> built file) into root/<name>/<version>/ and record it in model.json.
 
@@ -200,6 +245,7 @@ def write_version(
             sha256=hashes,
             created_at=datetime.now(UTC).replace(microsecond=0).isoformat(),
             provenance=provenance,
+            variants=_copy_variants(variants, staging),
         )
         updated = dataclasses.replace(spec, versions={**existing, version: info})
         _write_atomic(model_dir / SPEC_FILE, updated.to_json())
@@ -209,6 +255,36 @@ def write_version(
         raise
     logger.info("wrote %s version %d", spec.name, version)
     return version
+
+
+def add_variants(model_dir: Path, version: int, variants: Sequence[tuple[VariantSpec, Path]]) -> None:
+    """Add variant files to an existing version and record them (replacing its variants of the same file).
+
+    Each file appears under its final name whole (copied beside, then renamed); the graphs themselves are
+    never touched, so a server that loaded the version keeps serving it.
+    """
+    spec = read_spec(model_dir)
+    if version not in spec.versions or version not in list_versions(model_dir, spec.family):
+        raise RepositoryError(f"{model_dir} has no version {version}")
+    directory = model_dir / str(version)
+    added = _copy_variants(variants, directory)
+    info = spec.versions[version]
+    kept = [v for v in info.variants if v.file not in {a.file for a in added}]
+    info = dataclasses.replace(info, variants=kept + added)
+    _write_atomic(model_dir / SPEC_FILE, dataclasses.replace(spec, versions={**spec.versions, version: info}).to_json())
+    logger.info("%s v%d: added %s", spec.name, version, ", ".join(v.file for v in added))
+
+
+def _copy_variants(variants: Sequence[tuple[VariantSpec, Path]], directory: Path) -> list[VariantSpec]:
+    copied = []
+    for variant, built in variants:
+        if variant.file in FAMILY_GRAPHS_ALL or "/" in variant.file or not variant.file.endswith(".onnx"):
+            raise RepositoryError(f"variant file name {variant.file!r} must be a new .onnx name in the version")
+        partial = directory / f".{variant.file}.partial"
+        shutil.copyfile(built, partial)
+        os.replace(partial, directory / variant.file)
+        copied.append(dataclasses.replace(variant, sha256=sha256_file(directory / variant.file)))
+    return copied
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -4,7 +4,9 @@
 
 Writes models/<name>/<version>/*.onnx and updates models/<name>/model.json with
 the family, styles, graph inputs and provenance (training command and config,
-loss-network weights, data, code version, parity result).
+loss-network weights, data, code version, parity result), and the graph's
+variants (export/variants.py: uint8 pixels in and out, int8) with their measured
+error, in the same version (`--variants none` skips them).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from core.repository import ModelSpec, write_version
+from export import variants
 from export.families import plan_export
 from export.onnx_export import (
     OPSET,
@@ -55,6 +58,8 @@ class ExportConfig:
     version: int | None = None
     description: str = ""
     tolerance: float = PARITY_TOLERANCE
+    variants: tuple[str, ...] = ()  # export/variants.py's KINDS to build; the command line builds all
+    content_dir: Path = Path("data/content")  # the int8 calibration's photos and the held ones
 
 
 def export_checkpoint(cfg: ExportConfig) -> int:
@@ -107,7 +112,10 @@ def export_checkpoint(cfg: ExportConfig) -> int:
             "command": loop.command_line(),
             "code_version": loop.code_version(),
         }
-        version = write_version(cfg.models, spec, files, provenance, cfg.version)
+        built = variants.build_variants(
+            spec, Path(scratch), cfg.content_dir, Path(scratch), cfg.variants, provenance["export"]["command"]
+        )
+        version = write_version(cfg.models, spec, files, provenance, cfg.version, built)
     logger.info("exported %s as %s version %d (parity %s)", cfg.checkpoint, cfg.name, version, parity)
     return version
 
@@ -120,7 +128,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", type=int, default=None, help="default: one past the newest")
     parser.add_argument("--description", default="")
     parser.add_argument("--tolerance", type=float, default=PARITY_TOLERANCE, help="max abs difference allowed")
+    parser.add_argument("--variants", default=",".join(variants.KINDS), help="pixels,int8 | pixels | int8 | none")
+    parser.add_argument("--content-dir", type=Path, default=Path("data/content"), help="int8 calibration photos")
     args = parser.parse_args(argv)
+    args.variants = tuple(kind for kind in args.variants.split(",") if kind and kind != "none")
+    unknown = set(args.variants) - set(variants.KINDS)
+    if unknown:
+        parser.error(f"--variants: unknown kinds {sorted(unknown)}; choose from {variants.KINDS}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # one line per graph rewrite otherwise
     export_checkpoint(ExportConfig(**vars(args)))

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from export import variants
 from export.__main__ import ExportConfig, export_checkpoint
 from training import loop, train_arbitrary, train_multi_style, train_per_style
 from training.weights import DEFAULT_SPEC
@@ -150,7 +151,13 @@ def build(
     # Training time as the checkpoint counts it: the whole run, across resumes.
     trained = float(torch.load(checkpoint, map_location="cpu", weights_only=False).get("seconds", 0.0))
     version = export_checkpoint(
-        ExportConfig(checkpoint=checkpoint, name=recipe.name, models=models, description=recipe.description)
+        ExportConfig(
+            checkpoint=checkpoint,
+            name=recipe.name,
+            models=models,
+            description=recipe.description,
+            variants=variants.KINDS,  # the uint8 pixels graph and int8, each with its measured error
+        )
     )
     exported.write_text(json.dumps({"steps": values["steps"], "version": version}) + "\n")
     return {

@@ -26,6 +26,7 @@ from server.jobs.model import JobProcessSettings
 
 DEVICES = ("auto", "cpu", "cuda")
 FP16_MODES = ("off", "auto", "measure", "always")  # server/fp16.py
+INT8_MODES = FP16_MODES  # server/int8.py
 
 
 def _setting(default: object, help: str) -> typing.Any:
@@ -138,6 +139,7 @@ class ServerConfig(JobSettings):
         False, "after each run, free the arena growth it needed: less memory held, more allocation per large image"
     )
     fp16: str = _setting("auto", "fp16 graph variants: auto (CUDA: where faster) | measure | always | off (fp16.py)")
+    int8: str = _setting("auto", "int8 variants: auto (CPU: where faster, in bound) | measure | always | off (int8.py)")
     tls_cert: str = _setting("", "PEM certificate chain for the gRPC port; with tls_key, TLS is on")
     tls_key: str = _setting("", "PEM private key for the gRPC port")
     tls_client_ca: str = _setting("", "PEM CA bundle: with it, callers must present a certificate it signed (mTLS)")
@@ -169,6 +171,8 @@ class ServerConfig(JobSettings):
             raise ValueError("graph_optimization must be basic, extended or all")
         if self.fp16 not in FP16_MODES:
             raise ValueError(f"fp16 must be one of {FP16_MODES}, not {self.fp16!r}")
+        if self.int8 not in INT8_MODES:
+            raise ValueError(f"int8 must be one of {INT8_MODES}, not {self.int8!r}")
         if self.cudnn_conv_algo_search not in ("HEURISTIC", "EXHAUSTIVE", "DEFAULT"):
             raise ValueError("cudnn_conv_algo_search must be HEURISTIC, EXHAUSTIVE or DEFAULT")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -101,6 +101,7 @@ def runtime_options(config: ServerConfig) -> RuntimeOptions:
         gpu_mem_limit_bytes=config.gpu_mem_limit_bytes,
         arena_shrinkage=config.arena_shrinkage,
         fp16=config.fp16,
+        int8=config.int8,
     )
 
 

@@ -67,7 +67,7 @@ MODEL_INFO = Gauge("stylize_model_info", "Loaded model versions (value 1)", ["mo
 MODEL_PROVIDER = Gauge("stylize_model_provider", "Execution provider in use per model (value 1)", ["model", "provider"])
 MODEL_PRECISION = Gauge(
     "stylize_model_precision",
-    "Precision of each graph served per model, fp32 or fp16 (value 1)",
+    "Precision of each graph served per model, fp32, fp16 or int8 (value 1)",
     ["model", "graph", "precision"],
 )
 MODEL_WARMUP_SECONDS = Gauge("stylize_model_warmup_seconds", "Warm-up time per model version", ["model", "version"])

@@ -5,6 +5,10 @@ heavy parts); `check_family` runs before, on the event loop, so a request the
 model cannot take is refused before it waits for a slot or a pixel is decoded.
 The image changes layout once each way: (H, W, 3) bytes -> (1, 3, H, W) floats
 after decoding, and back in the encoder; post-processing works in between.
+Where the version has a "pixels" variant (export/variants.py) and the request
+needs no post-processing in floats (no preserve_color, strength 1 or applied in
+the graph) nor tiling, the decoded bytes go into the graph as they are and its
+bytes come out, so no whole image is converted in numpy.
 `Engine.family_inputs` builds what each family's graph takes besides the image
 (a style blend, cached style statistics); everything around it is shared:
 `strength` is a blend with the content (inside the graph for AdaIN, which has
@@ -23,11 +27,12 @@ import onnx
 
 from core import codec, imageops
 from core.codec import OutputFormat
+from core.repository import PIXELS_INPUT
 from server import metrics
 from server.batching import Batcher, shape_key, unbatched
 from server.errors import InvalidRequest
 from server.registry import LoadedModel, LoadedVersion
-from server.runtime import RuntimeOptions, create_session
+from server.runtime import RuntimeOptions, Session, create_session
 from server.style_cache import StyleStatsCache
 from server.tiling import TiledRunner, stats_graph
 
@@ -104,7 +109,8 @@ class Engine:
             raise InvalidRequest(
                 f"the content image is {width}x{height} after resizing; both sides must be at least {MIN_SIDE} pixels"
             )
-        x = codec.rgb_to_nchw(rgb)  # (1, 3, H, W): the one conversion in
+        pixels = self.pixel_session(task, model, version, height * width)
+        x = rgb[None] if pixels is not None else codec.rgb_to_nchw(rgb)  # (1, H, W, 3) bytes or (1, 3, H, W)
         timings.decode_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -113,14 +119,20 @@ class Engine:
             timings.style_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        y = self.infer(model, version, x, extra)  # (1, 3, H, W) in [0, 1]
+        if pixels is not None:
+            y = self.run_session(model, version, pixels, {PIXELS_INPUT.name: x, **extra})  # (1, H, W, 3) bytes
+        else:
+            y = self.infer(model, version, x, extra)  # (1, 3, H, W) in [0, 1]
         timings.inference_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        content, out = x[0], y[0]  # (3, H, W): post-processed in the graphs' layout, converted once to encode
-        out = post_process(task, out, content, strength_in_graph)
+        if pixels is not None:
+            out_rgb = y[0]
+        else:
+            content, out = x[0], y[0]  # (3, H, W): post-processed in the graphs' layout, converted once to encode
+            out_rgb = codec.nchw_to_rgb(post_process(task, out, content, strength_in_graph))
         data = codec.encode_image(
-            codec.nchw_to_rgb(out),
+            out_rgb,
             alpha,
             task.output_format,
             jpeg_quality=task.jpeg_quality,
@@ -163,19 +175,31 @@ class Engine:
             blended += weight * stats
         return blended
 
+    def pixel_session(
+        self, task: StylizeTask, model: LoadedModel, version: LoadedVersion, pixels: int
+    ) -> Session | None:
+        """The version's pixels variant if this request can take it whole, else None (the float path)."""
+        session = version.pixel_sessions.get("model.onnx")
+        post_processed = task.preserve_color or (task.strength != 1.0 and model.spec.family != "arbitrary")
+        return None if session is None or post_processed or pixels > self.settings.tile_pixels else session
+
     def infer(
         self, model: LoadedModel, version: LoadedVersion, x: np.ndarray, extra: dict[str, np.ndarray]
     ) -> np.ndarray:
         """The network: whole when the image fits the pixel budget, else tiled with whole-image statistics."""
         pixels = x.shape[2] * x.shape[3]
         if pixels <= self.settings.tile_pixels:
-            session = version.sessions["model.onnx"]
-            feeds = {"image": x, **extra}
-            if self.batcher is None:
-                return unbatched(session, feeds)
-            return self.batcher.run(shape_key(model.name, version.version, feeds), session, feeds)
+            return self.run_session(model, version, version.sessions["model.onnx"], {"image": x, **extra})
         metrics.TILED.labels(model.name).inc()
         return self.tiler(model, version).run(x, extra)
+
+    def run_session(
+        self, model: LoadedModel, version: LoadedVersion, session: Session, feeds: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        """One image through a whole graph, batched with same-size calls where batching is on."""
+        if self.batcher is None:
+            return unbatched(session, feeds)
+        return self.batcher.run(shape_key(model.name, version.version, feeds), session, feeds)
 
     def tiler(self, model: LoadedModel, version: LoadedVersion) -> TiledRunner:
         """The tiled runner of a version, built on its first large image (graph surgery and two sessions)."""

@@ -25,11 +25,13 @@ from core.repository import (
     GraphSpec,
     ModelSpec,
     RepositoryError,
+    VariantSpec,
+    VersionInfo,
     list_versions,
     model_dirs,
     read_spec,
 )
-from server import fp16
+from server import fp16, int8
 from server.errors import UnknownModel
 from server.runtime import ProviderUnavailable, RuntimeOptions, Session, create_session
 
@@ -43,7 +45,9 @@ class LoadedVersion:
     sessions: dict[str, Session]  # graph file -> session
     provider: str
     warmup_seconds: float
-    precision: dict[str, str] = field(default_factory=dict)  # graph file -> "fp32" | "fp16" (server/fp16.py)
+    precision: dict[str, str] = field(default_factory=dict)  # graph file -> "fp32" | "fp16" | "int8"
+    # graph file -> its "pixels" variant in the served precision (uint8 HWC in and out), where export wrote one
+    pixel_sessions: dict[str, Session] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,17 @@ class ModelRegistry:
                 variant = self._fp16_variant(spec, graph, directory, version, sessions[graph.file])
                 if variant is not None:
                     sessions[graph.file], precision[graph.file] = variant, "fp16"
+        info = spec.versions.get(version, VersionInfo(sha256={}, created_at=""))
+        if int8.wanted(self.options) and info.variants:
+            int8.log_cpu()
+            for graph in spec.graphs:
+                recorded = info.variant(graph.file, "int8", "float")
+                if recorded is None:
+                    continue
+                chosen = self._int8_variant(spec, graph, directory, version, recorded, sessions, precision)
+                if chosen is not None:
+                    sessions[graph.file], precision[graph.file] = chosen, "int8"
+        pixel_sessions = self._pixel_sessions(spec, info, directory, precision)
         loaded = LoadedVersion(
             version=version,
             directory=directory,
@@ -147,13 +162,16 @@ class ModelRegistry:
             provider=self.options.provider,
             warmup_seconds=time.perf_counter() - started,
             precision=precision,
+            pixel_sessions=pixel_sessions,
         )
         logger.info(
             "loaded %s v%d on %s in %s (warm-up at %s px: %.0f ms)",
             spec.name,
             version,
             loaded.provider,
-            ", ".join(f"{file} {p}" for file, p in precision.items()),
+            ", ".join(
+                f"{file} {p}{' (pixels in and out)' * (file in pixel_sessions)}" for file, p in precision.items()
+            ),
             "/".join(map(str, self.warmup_sides)),
             loaded.warmup_seconds * 1e3,
         )
@@ -189,6 +207,61 @@ class ModelRegistry:
             choice.max_error,
         )
         return candidate if choice.precision == "fp16" else None
+
+    def _int8_variant(
+        self,
+        spec: ModelSpec,
+        graph: GraphSpec,
+        directory: Path,
+        version: int,
+        variant: VariantSpec,
+        sessions: dict[str, Session],
+        precision: dict[str, str],
+    ) -> Session | None:
+        """Warm and time a recorded int8 variant against the graph's precision so far; the session if chosen."""
+        where = f"{spec.name} v{version} {graph.file}"
+        if not int8.in_bound(variant):
+            logger.info(
+                "%s: no int8 (recorded PSNR %.1f dB, largest difference %d; the bound is %.0f dB and %d)",
+                *(where, variant.psnr_db, variant.max_pixel_error, int8.MIN_PSNR_DB, int8.MAX_PIXEL_ERROR),
+            )
+            return None
+        try:
+            candidate = create_session(directory / variant.file, self.options)
+            for side in self.warmup_sides:
+                candidate.run(None, graph_feeds(graph, side))
+            timed = graph_feeds(graph, max(self.warmup_sides), np.random.default_rng(1))
+            choice = int8.choose(self.options.int8, precision[graph.file], sessions[graph.file], candidate, timed)
+        except Exception as exc:  # ONNX Runtime raises several types of its own
+            logger.warning(
+                "%s: %s (int8 variant unusable: %s: %s)", where, precision[graph.file], type(exc).__name__, exc
+            )
+            return None
+        logger.info(
+            "%s: %s (%s; %s %.1f ms, int8 %.1f ms at %d px; recorded PSNR %.1f dB, largest difference %d)",
+            *(where, choice.precision, choice.reason, precision[graph.file], choice.current_ms, choice.int8_ms),
+            *(max(self.warmup_sides), variant.psnr_db, variant.max_pixel_error),
+        )
+        return candidate if choice.precision == "int8" else None
+
+    def _pixel_sessions(
+        self, spec: ModelSpec, info: VersionInfo, directory: Path, precision: dict[str, str]
+    ) -> dict[str, Session]:
+        """The warmed pixels variants of the served precisions; a variant that fails leaves the float path."""
+        pixel_sessions = {}
+        for graph in spec.graphs:
+            variant = info.variant(graph.file, precision[graph.file], "pixels")
+            if variant is None:
+                continue
+            try:
+                session = create_session(directory / variant.file, self.options)
+                for side in self.warmup_sides:
+                    session.run(None, int8.pixel_feeds(graph_feeds(graph, side), side))
+            except Exception as exc:  # ONNX Runtime raises several types of its own
+                logger.warning("%s %s: float path (%s: %s)", spec.name, variant.file, type(exc).__name__, exc)
+                continue
+            pixel_sessions[graph.file] = session
+        return pixel_sessions
 
     def models(self) -> list[LoadedModel]:
         models = self._models

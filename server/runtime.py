@@ -41,6 +41,7 @@ class RuntimeOptions:
     # between large images, page faults (CPU) or cudaMalloc (CUDA) on the next large one.
     arena_shrinkage: bool = False
     fp16: str = "off"  # fp16 variants of the graphs (server/fp16.py): off | auto | measure | always
+    int8: str = "off"  # int8 variants written at export (server/int8.py): off | auto | measure | always
 
     @property
     def provider(self) -> str:

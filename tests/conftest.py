@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -126,6 +127,21 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     checkpoints = {"tiny": make_checkpoint(scratch / "checkpoint.pt"), **make_family_checkpoints(scratch)}
     for name, checkpoint in checkpoints.items():
         export_checkpoint(ExportConfig(checkpoint=checkpoint, name=name, models=root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def variant_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model_repo's models with the variants of export/variants.py (pixels, int8), calibrated on small photos."""
+    from export.variants import KINDS, add_to_newest
+
+    root = tmp_path_factory.mktemp("variants") / "models"
+    shutil.copytree(model_repo, root)
+    photos = tmp_path_factory.mktemp("photos")
+    for seed in range(7):  # six for calibration, one held
+        (photos / f"photo{seed}.png").write_bytes(encode(photo(80, 64, seed=seed)))
+    for name in ("tiny", "trio", "adain"):
+        add_to_newest(root / name, photos, KINDS, f"python -m export.variants models/{name}")
     return root
 
 

@@ -163,3 +163,39 @@ def test_resize_and_layout_helpers() -> None:
     x = rgb_to_nchw(rgb)
     assert x.shape == (1, 3, 100, 200) and x.dtype == np.float32 and x.max() <= 1.0
     assert np.array_equal(nchw_to_rgb(x), rgb)
+
+
+def saved(rgb: np.ndarray, fmt: str, mode: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).convert(mode).save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"),
+    [("PNG", m) for m in ("RGB", "RGBA", "L", "LA", "P", "1")]
+    + [("JPEG", m) for m in ("RGB", "L", "CMYK")]
+    + [("WEBP", "RGB"), ("WEBP", "RGBA")],
+)
+def test_fast_decoders_give_pillows_pixels(fmt: str, mode: str) -> None:
+    rgb = photo(97, 61)
+    if mode in ("RGBA", "LA"):
+        rgb = np.dstack([rgb, np.tile(np.arange(97, dtype=np.uint8), (61, 1))])
+    data = saved(rgb, fmt, mode)
+    fast, pillow = decode_image(data, max_pixels=LIMIT), decode_image(data, max_pixels=LIMIT, fast=False)
+    assert fast.source_format == pillow.source_format == fmt
+    assert np.array_equal(fast.rgb, pillow.rgb)  # JPEG too: both are libjpeg-turbo's exact DCT (test_fuzz.py)
+    assert (fast.alpha is None and pillow.alpha is None) or np.array_equal(fast.alpha, pillow.alpha)
+
+
+def test_fast_decoders_leave_rotated_and_keyed_files_to_pillow() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated_jpeg = encode(photo(96, 64), "JPEG", exif=exif.tobytes())
+    rotated_png = encode(photo(96, 64), "PNG", exif=exif.tobytes())
+    keyed = encode(photo(96, 64), "PNG", transparency=(0, 0, 0))
+    sixteen = saved(photo(96, 64), "PNG", "I;16")
+    for data in (rotated_jpeg, rotated_png, keyed, sixteen):
+        fast, pillow = decode_image(data, max_pixels=LIMIT), decode_image(data, max_pixels=LIMIT, fast=False)
+        assert np.array_equal(fast.rgb, pillow.rgb)
+    assert decode_image(rotated_png, max_pixels=LIMIT).rgb.shape == (96, 64, 3)

@@ -1,0 +1,89 @@
+"""The pixels graph against today's float path, through the serving engine, beside the graph run directly.
+
+    python -m bench.pixels                              # great_wave (fast preset), 1024 px
+    python -m bench.pixels --model models/starry_night --side 512
+
+One process, one engine, the calls alternating round by round (the machine is
+shared: load falls on every path alike), medians:
+
+- direct: the fp32 graph alone on a ready (1, 3, H, W) float array;
+- float path: Engine.run as before issue 18 (bytes -> floats in numpy, graph, floats -> bytes);
+- pixels path: Engine.run with the version's model.pixels.onnx (bytes in, bytes out);
+
+each with PNG in and out and with raw pixels in and out. A model whose newest
+version has no pixels variant gets one built into a temporary copy
+(export/variants.py), so the committed models are never written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+
+from bench.common import alternate, summary, table, write_result
+from core import codec
+from core.repository import read_spec
+from export.variants import add_to_newest
+from server.pipeline import Engine, EngineSettings, StylizeTask
+from server.registry import ModelRegistry
+from server.runtime import RuntimeOptions
+from server.style_cache import StyleStatsCache
+
+PHOTO = Path("data/content/kodim23.png")
+
+
+def repository_with_pixels(model_dir: Path, scratch: Path) -> Path:
+    """The repository root to load: the model's own, or a scratch copy with a pixels variant added."""
+    spec = read_spec(model_dir)
+    newest = max(spec.versions)
+    if spec.versions[newest].variant("model.onnx", "fp32", "pixels") is not None:
+        return model_dir.parent
+    shutil.copytree(model_dir, scratch / model_dir.name)
+    add_to_newest(scratch / model_dir.name, Path("data/content"), ("pixels",), "bench.pixels scratch copy")
+    return scratch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else "")
+    parser.add_argument("--model", type=Path, default=Path("models/great_wave"))
+    parser.add_argument("--side", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
+    args = parser.parse_args()
+    options = RuntimeOptions(device="cpu", intra_op_threads=args.threads)
+    with tempfile.TemporaryDirectory() as scratch:
+        registry = ModelRegistry(repository_with_pixels(args.model, Path(scratch)), options, warmup_sides=(64,))
+        registry.load_all()
+        model, version = registry.get(args.model.name)
+        float_only = dataclasses.replace(version, pixel_sessions={})
+        engine = Engine(EngineSettings(), StyleStatsCache(16), options)
+        rgb = codec.resize_to(codec.load_image_file(PHOTO).rgb, args.side, args.side)
+        png, raw = codec.encode_png(rgb), codec.RawPixels(args.side, args.side, rgb.tobytes())
+        tasks = {
+            "png": StylizeTask(model.name, png),
+            "raw": StylizeTask(model.name, raw, output_format=codec.OutputFormat.RAW),
+        }
+        x = codec.rgb_to_nchw(rgb)
+        extra = engine.family_inputs(tasks["png"], model, version)[0]
+        session = version.sessions["model.onnx"]
+        calls = {"direct": lambda: session.run(None, {"image": x, **extra})}
+        for kind, task in tasks.items():
+            calls[f"float path, {kind}"] = lambda task=task: engine.run(task, model, float_only)
+            calls[f"pixels path, {kind}"] = lambda task=task: engine.run(task, model, version)
+        times = alternate(calls, args.rounds)
+    direct = summary(times["direct"])["median_ms"]
+    rows = [
+        {"path": name, **summary(runs), "x_direct": round(summary(runs)["median_ms"] / direct, 3)}
+        for name, runs in times.items()
+    ]
+    print(f"{model.name}, {args.side}x{args.side}, ONNX Runtime CPU, {args.rounds} alternating rounds (shared machine)")
+    print(table(rows, ["path", "median_ms", "p90_ms", "min_ms", "x_direct"]))
+    payload = {"model": model.name, "side": args.side, "rounds": args.rounds, "rows": rows}
+    print("wrote", write_result("pixels", payload))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""How close each model and precision runs to this CPU's arithmetic peak.
+
+    python -m bench.roofline                     # every model in models/, 512 px
+    python -m bench.roofline --models models --side 1024 --rounds 5
+
+The peak is measured, not read from a data sheet: the best of several
+4096 x 4096 fp32 matrix products through numpy's BLAS on every core. A graph's
+work is counted from its ONNX Conv nodes (2 x output elements x input channels
+per group x kernel area, the shapes taken from one real run at the side asked
+for), so achieved GFLOP/s = FLOPs / median latency; an int8 graph does the same
+operations as integers (GOP/s), and is set against the same fp32 peak, which is
+what it has to beat. Precisions: fp32, fp16 (derived as the server derives it,
+server/fp16.py) and the int8 variant where the version has one
+(export/variants.py). The runs of a model alternate between its precisions.
+Writes bench/results/roofline.json with the CPU's model and SIMD flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from bench.common import alternate, table, write_result
+from core.cpu import int8_dot_product, simd_flags
+from core.repository import list_versions, model_dirs, read_spec
+from server.fp16 import fp16_graph
+from server.registry import graph_feeds
+
+
+def fp32_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
+    """The best fp32 GFLOP/s of an n x n matrix product (2 n^3 operations) in numpy's BLAS."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    a @ b  # warm: threads started, pages touched
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: object) -> float:
+    started = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - started
+
+
+def conv_flops(path: Path, feeds: dict[str, np.ndarray]) -> float:
+    """Multiply-adds x 2 of every Conv of the graph at `path` for these inputs, from one run's real shapes."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    graph = model.graph
+    shapes = {t.name: [d.dim_value for d in t.type.tensor_type.shape.dim] for t in graph.value_info}
+    shapes |= {t.name: list(t.dims) for t in graph.initializer}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    known = {o.name for o in graph.output}
+    graph.output.extend(
+        onnx.helper.make_empty_tensor_value_info(node.output[0]) for node in convs if node.output[0] not in known
+    )
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, feeds), strict=True))
+    total = 0.0
+    for node in convs:
+        weight = shapes[node.input[1]]  # (C_out, C_in / group, kH, kW)
+        total += 2.0 * outputs[node.output[0]].size * weight[1] * weight[2] * weight[3]
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else "")
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--side", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-fp16", action="store_true", help="skip the fp16 graphs (slow on most CPUs)")
+    args = parser.parse_args()
+    peak = fp32_peak_gflops()
+    print(f"fp32 peak (numpy matmul 4096^3): {peak:.0f} GFLOP/s; SIMD: {' '.join(simd_flags())}")
+    if not int8_dot_product():
+        print("this CPU has no VNNI or AMX: int8 convolutions run on AVX2's 16-bit multiplies")
+    options = ort.SessionOptions()
+    rows = []
+    for model_dir in model_dirs(args.models):
+        spec = read_spec(model_dir)
+        version = max(list_versions(model_dir, spec.family))
+        directory = model_dir / str(version)
+        graph = next(g for g in spec.graphs if g.file == "model.onnx")
+        feeds = graph_feeds(graph, args.side, np.random.default_rng(0))
+        flops = conv_flops(directory / "model.onnx", feeds)
+        sources: dict[str, str | bytes] = {"fp32": str(directory / "model.onnx")}
+        if not args.no_fp16:
+            sources["fp16"] = fp16_graph(directory / "model.onnx")
+        variant = spec.versions[version].variant("model.onnx", "int8", "float")
+        if variant is not None:
+            sources["int8"] = str(directory / variant.file)
+        sessions = {p: ort.InferenceSession(s, options, providers=["CPUExecutionProvider"]) for p, s in sources.items()}
+        times = alternate({p: (lambda s=s, f=feeds: s.run(None, f)) for p, s in sessions.items()}, args.rounds)
+        for precision, runs in times.items():
+            median = float(np.median(runs))
+            rows.append(
+                {
+                    "model": spec.name,
+                    "preset": spec.preset,
+                    "precision": precision,
+                    "gflop": round(flops / 1e9, 1),
+                    "median_ms": round(median * 1e3, 1),
+                    "gflops_achieved": round(flops / median / 1e9, 1),  # GOP/s for int8
+                    "of_fp32_peak": f"{flops / median / 1e9 / peak:.0%}",
+                    "int8_recorded_psnr_db": variant.psnr_db if precision == "int8" and variant else "",
+                }
+            )
+    columns = ["model", "preset", "precision", "gflop", "median_ms", "gflops_achieved", "of_fp32_peak"]
+    print(f"{args.side}x{args.side}, ONNX Runtime CPU, {args.rounds} alternating rounds per model (shared machine)")
+    print(table(rows, [*columns, "int8_recorded_psnr_db"]))
+    payload = {
+        "side": args.side,
+        "rounds": args.rounds,
+        "fp32_peak_gflops": round(peak, 1),
+        "int8_dot_product": int8_dot_product() or "none",
+        "rows": rows,
+    }
+    print("wrote", write_result("roofline", payload))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""export/variants.py: the pixels graph gives the float path's bytes, and the int8 graph's recorded error is real."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from core import codec
+from core.repository import PIXELS_INPUT, ModelSpec, read_spec
+from export.variants import Feeds, byte_error, photo_split
+from tests.conftest import encode, make_checkpoint, photo
+
+MODELS = ("tiny", "trio", "adain")
+
+
+def session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_pixels_graph_gives_the_float_paths_bytes(variant_repo: Path, name: str) -> None:
+    spec = read_spec(variant_repo / name)
+    directory = variant_repo / name / "1"
+    fp32, pixels = session(directory / "model.onnx"), session(directory / "model.pixels.onnx")
+    feeds = Feeds(spec, directory)
+    for seed, (width, height) in enumerate([(96, 64), (57, 33), (128, 128)]):
+        rgb = photo(width, height, seed=seed + 10)
+        float_feeds = feeds(rgb, seed)
+        expected = codec.nchw_to_rgb(np.asarray(fp32.run(None, float_feeds)[0]))  # today's path
+        byte_feeds = {k: v for k, v in float_feeds.items() if k != "image"} | {PIXELS_INPUT.name: rgb[None]}
+        got = np.asarray(pixels.run(None, byte_feeds)[0])
+        assert got.dtype == np.uint8 and got.shape == (1, height, width, 3)
+        assert int(np.abs(got[0].astype(np.int16) - expected).max()) <= 1, (name, width, height)  # rounding
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_variants_are_recorded_with_their_error_and_command(variant_repo: Path, name: str) -> None:
+    info = read_spec(variant_repo / name).versions[1]
+    recorded = {(v.precision, v.io): v for v in info.variants}
+    assert set(recorded) == {("fp32", "pixels"), ("int8", "float"), ("int8", "pixels")}
+    assert recorded["fp32", "pixels"].max_pixel_error <= 1
+    for variant in info.variants:
+        assert (variant_repo / name / "1" / variant.file).is_file() and len(variant.sha256) == 64
+        assert variant.provenance["command"] == f"python -m export.variants models/{name}"
+        assert variant.provenance["held_photos"] == ["photo6.png"]
+    text = (variant_repo / name / "model.json").read_text()
+    assert "/tmp" not in text and str(variant_repo) not in text  # no machine paths
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_int8_outputs_are_within_their_recorded_error(variant_repo: Path, name: str) -> None:
+    spec = read_spec(variant_repo / name)
+    directory = variant_repo / name / "1"
+    variant = spec.versions[1].variant("model.onnx", "int8", "float")
+    assert variant is not None
+    held = [photo(80, 64, seed=6)]  # the held photo of the variant_repo fixture (PNG: the same bytes)
+    feeds = Feeds(spec, directory)
+    reference, quantised = session(directory / "model.onnx"), session(directory / variant.file)
+    ref = [codec.nchw_to_rgb(np.asarray(reference.run(None, feeds(rgb, 0))[0])) for rgb in held]
+    got = [codec.nchw_to_rgb(np.asarray(quantised.run(None, feeds(rgb, 0))[0])) for rgb in held]
+    psnr, largest = byte_error(ref, got)
+    assert psnr == pytest.approx(variant.psnr_db, abs=0.01) and largest == variant.max_pixel_error
+    assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(directory / variant.file)).graph.node}
+
+
+def test_a_model_json_without_variants_still_reads(model_repo: Path) -> None:
+    data = json.loads((model_repo / "tiny" / "model.json").read_text())
+    for info in data["versions"].values():
+        info.pop("variants", None)  # as written before issue 18
+    spec = ModelSpec.from_dict(data)
+    assert spec.versions[1].variants == [] and spec.versions[1].variant("model.onnx", "int8", "float") is None
+
+
+def test_the_held_photos_are_the_last_sixth(tmp_path: Path) -> None:
+    for number in range(12):
+        (tmp_path / f"p{number:02d}.png").write_bytes(b"")
+    calibration, held = photo_split(tmp_path)
+    assert [p.name for p in held] == ["p10.png", "p11.png"] and len(calibration) == 10
+
+
+def test_export_writes_the_variants_into_the_new_version(tmp_path: Path) -> None:
+    from export.__main__ import ExportConfig, export_checkpoint
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(2):
+        (photos / f"photo{seed}.png").write_bytes(encode(photo(48, 40, seed=seed)))
+    checkpoint = make_checkpoint(tmp_path / "checkpoint.pt")
+    config = ExportConfig(checkpoint, "tiny", tmp_path / "models", variants=("pixels",), content_dir=photos)
+    version = export_checkpoint(config)
+    info = read_spec(tmp_path / "models" / "tiny").versions[version]
+    assert [v.file for v in info.variants] == ["model.pixels.onnx"] and info.variants[0].max_pixel_error <= 1
+    assert (tmp_path / "models" / "tiny" / str(version) / "model.pixels.onnx").is_file()
