@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -270,12 +271,13 @@ async def serve(config: ServerConfig) -> None:
     await stop.wait()
 
     logger.info("shutting down: health NOT_SERVING, %.0f s grace for calls in flight", config.grace_seconds)
-    service.draining = True
     if watcher is not None:
         watcher.cancel()
     await health_servicer.enter_graceful_shutdown()
+    shutdown_started = time.monotonic()
+    await service.drain(config.grace_seconds)  # ports open: new calls get UNAVAILABLE, health NOT_SERVING
     await jobs.stop(config.grace_seconds)
-    await server.stop(config.grace_seconds)
+    await server.stop(max(0.0, config.grace_seconds - (time.monotonic() - shutdown_started)))
     if http is not None:
         await http.stop()
     executor.shutdown(wait=True, cancel_futures=True)

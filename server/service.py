@@ -82,6 +82,18 @@ class StylizeService:
         self.jobs = jobs
         self.engine = engine
         self.draining = False
+        self.in_flight = 0  # calls inside `accounted`, both front doors
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new calls (UNAVAILABLE) and wait until those in flight have finished, or `timeout_s` passed.
+
+        The ports stay open meanwhile, so health answers NOT_SERVING and a new call hears why it is refused;
+        stopping the gRPC server at once would cancel them instead.
+        """
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     @contextlib.asynccontextmanager
     async def accounted(self, method: str, protocol: str, request_id: str) -> AsyncIterator[Call]:
@@ -90,6 +102,7 @@ class StylizeService:
         code = grpc.StatusCode.OK
         started = time.perf_counter()
         metrics.IN_FLIGHT.labels(method, protocol).inc()
+        self.in_flight += 1
         try:
             if self.draining:
                 raise Draining("the server is shutting down; retry on another replica")
@@ -109,6 +122,7 @@ class StylizeService:
             raise CallFailed(code, message, call.request_id) from exc
         finally:
             elapsed = time.perf_counter() - started
+            self.in_flight -= 1
             metrics.IN_FLIGHT.labels(method, protocol).dec()
             metrics.REQUESTS.labels(method, code.name, protocol).inc()
             metrics.REQUEST_SECONDS.labels(method, call.model, protocol).observe(elapsed)
