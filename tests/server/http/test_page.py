@@ -128,7 +128,8 @@ def test_the_page_stylises_with_every_family_and_runs_a_job(
     wait(browser, "document.querySelectorAll('#previews img').length >= 2")
     assert text(browser, "job-state") == "RUNNING" and "of 2000" in text(browser, "progress-text")
     # Read in one script: the table is redrawn with every update, so elements found first can go stale.
-    cells = browser.execute_script("return [...document.querySelectorAll('#losses td')].map(td => td.textContent.trim())")
+    script = "return [...document.querySelectorAll('#losses td')].map(td => td.textContent.trim())"
+    cells = browser.execute_script(script)
     assert cells and all(cell != "–" for cell in cells)
     browser.save_screenshot(str(tmp_path / "6-gatys-running.png"))
     browser.find_element(By.ID, "cancel").click()
