@@ -162,7 +162,7 @@ def optimization_request(args: argparse.Namespace) -> pb.OptimizationRequest:
         init=INITS[args.init],
         optimizer=OPTIMIZERS[args.optimizer],
         pooling=POOLINGS[args.pooling],
-        loss_network=NETWORKS[args.loss_network],
+        loss_network=NETWORKS[args.loss_network] if args.loss_network else pb.LOSS_NETWORK_UNSPECIFIED,
         preserve_color=args.preserve_color,
         schedule=parse_schedule(args.schedule),
         preview_every=args.preview_every or (PREVIEW_EVERY if args.preview_dir else 0),
@@ -373,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="lbfgs")
     opt.add_argument("--learning-rate", type=float, default=None, help="Adam only")
     opt.add_argument("--pooling", choices=sorted(POOLINGS), default="max")
-    opt.add_argument("--loss-network", choices=sorted(NETWORKS), default="vgg19")
+    opt.add_argument(
+        "--loss-network", choices=sorted(NETWORKS), default=None, help="default: the server's (VGG-16, keras-vgg16)"
+    )
     opt.add_argument("--style-scale", type=float, default=None, help="style image size relative to the output")
     opt.add_argument("--preserve-color", action="store_true", help="luminance-only transfer: keep the colours")
     opt.add_argument("--seed", type=int, default=None)

@@ -102,3 +102,15 @@ def test_a_full_disk_for_previews_leaves_the_job_running_to_its_result(
     assert process.returncode == 0, stderr
     assert "cannot save previews" in stderr and "No space left on device" in stderr
     assert Image.open(tmp_path / "out.png").size == (48, 32)
+
+
+def test_the_loss_network_is_the_servers_unless_asked(images: tuple[Path, Path]) -> None:
+    # The CLI sent VGG-19 by default, which a server on its default keras-vgg16 weights (a VGG-16) must fail.
+    from client.cli import build_parser, optimization_request
+    from stylize.v1 import stylize_pb2 as pb
+
+    content, style = images
+    base = ["optimize", str(content), "--style-image", str(style)]
+    assert optimization_request(build_parser().parse_args(base)).loss_network == pb.LOSS_NETWORK_UNSPECIFIED
+    asked = optimization_request(build_parser().parse_args([*base, "--loss-network", "vgg19"]))
+    assert asked.loss_network == pb.LOSS_NETWORK_VGG19
