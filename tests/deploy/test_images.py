@@ -94,6 +94,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> 
         "STYLIZE_METRICS_HOST": "127.0.0.1",
         "STYLIZE_PORT": str(port),
         "STYLIZE_METRICS_PORT": str(metrics_port),
+        "STYLIZE_HTTP_PORT": str(free_port()),  # not the default 8080, which another server may hold
         "STYLIZE_MODELS": str(models),
         "STYLIZE_DEVICE": "cpu",  # the image's cuda: there is no GPU here
         "STYLIZE_FP16": "always",  # build every fp16 variant: their converter must be in the image too
