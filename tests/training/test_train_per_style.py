@@ -127,3 +127,20 @@ def test_command_line_and_config_file(content_dir: Path, tmp_path: Path) -> None
     saved = loop.load_checkpoint(tmp_path / "cli" / "checkpoint.pt")
     assert saved["step"] == 3 and saved["config"]["batch_size"] == 1 and saved["config"]["loss_weights"] == "random:1"
     assert saved["command"] and saved["code_version"]
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize(("height", "width"), [(33, 47), (64, 64), (17, 90)])
+def test_every_preset_returns_the_input_size(preset: str, height: int, width: int) -> None:
+    net = TransformerNet(PRESETS[preset]).eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, height, width)).shape == (1, 3, height, width)
+
+
+def test_zero_inner_padding_reflects_only_at_the_image_border() -> None:
+    net = TransformerNet(PRESETS["fast"])
+    reflecting = [name for name, module in net.named_modules() if isinstance(module, torch.nn.ReflectionPad2d)]
+    assert reflecting == ["enc1.conv.pad", "out.pad"]
+    # A checkpoint from before the option keeps Johnson's padding everywhere.
+    old = {k: v for k, v in PRESETS["quality"].to_dict().items() if k != "inner_padding"}
+    assert type(PRESETS["quality"]).from_dict(old).inner_padding == "reflect"
