@@ -130,6 +130,19 @@ def resolve_weights(
     raise WeightsNotFound(f"no torchvision {arch.upper()} ImageNet weights were found.\n{_ways_to_provide(arch)}")
 
 
+def networks_for(spec: str) -> tuple[str, ...]:
+    """The loss networks `spec` can provide, found without loading them: what a Gatys job may ask for."""
+    if parse_random_seed(spec) is not None:
+        return tuple(IMAGENET_WEIGHTS)
+    if spec == KERAS:
+        return ("vgg16",)
+    if spec in (TORCHVISION, "imagenet"):
+        return tuple(arch for arch in IMAGENET_WEIGHTS if hub_cache_path(arch).is_file())
+    path = Path(spec).expanduser()
+    digest = sha256_file(path) if path.is_file() else ""
+    return tuple(arch for arch, (_, expected) in IMAGENET_WEIGHTS.items() if digest == expected)
+
+
 def _ways_to_provide(arch: str) -> str:
     url, expected = IMAGENET_WEIGHTS[arch]
     keras = (

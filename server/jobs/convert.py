@@ -118,6 +118,12 @@ def job_spec(request: pb.OptimizationRequest, limits: JobLimits, info: Optimizer
         if request.HasField(name):
             options[name] = _weight(name, getattr(request, name))
 
+    if network not in info.layers:
+        raise InvalidRequest(
+            f"the workers' loss weights ({info.loss_weights}) have no {network.upper()}; "
+            f"ask for {' or '.join(name.upper() for name in info.layers)}, or start the workers with weights "
+            f"that have it (--loss-weights torchvision for torchvision's {network.upper()} file)"
+        )
     layers = info.layers[network]
     for layer in [*request.content_layers, *(item.layer for item in request.style_layers)]:
         if layer not in layers:

@@ -19,6 +19,7 @@ from server.jobs.model import JobFinished, JobProcessSettings, JobProgress, JobS
 from training import gatys
 from training.loop import pick_device
 from training.vgg import BLOCKS, VGGFeatures, layer_names, load_vgg
+from training.weights import networks_for
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ class GatysRunner:
         self.device = pick_device(config.device)
         self.network(gatys.GatysConfig.loss_network)
         defaults = {f.name: f.default for f in dataclasses.fields(gatys.GatysConfig)} | {"precision": config.precision}
-        layers = {arch: tuple(layer_names(arch)) for arch in BLOCKS}
+        # Only the networks these weights provide: a job asking for another is refused at submission.
+        provided = networks_for(config.loss_weights)
+        layers = {arch: tuple(layer_names(arch)) for arch in BLOCKS if arch in provided}
         return OptimizerInfo(defaults=defaults, layers=layers, loss_weights=self.weights_tag, device=self.device.type)
 
     def network(self, arch: str) -> VGGFeatures:

@@ -302,3 +302,20 @@ def test_job_settings_come_from_the_environment_and_are_checked() -> None:
     ):
         with pytest.raises(SystemExit):
             load_config([], environ=environ)
+
+
+def test_a_network_the_workers_weights_lack_is_refused_at_submission(tmp_path: Path) -> None:
+    """keras-vgg16 is a VGG-16: a VGG-19 job is INVALID_ARGUMENT when submitted, not a job that fails later."""
+    env = {**ENV, "STYLIZE_LOCAL_WORKERS": "1", "STYLIZE_LOSS_WEIGHTS": "keras-vgg16"}
+    server = start_server(tmp_path, tmp_path / "server.log", env=env)
+    try:
+        with StylizeClient(server.target, timeout_s=30) as client:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.submit_optimization(job_request(loss_network=pb.LOSS_NETWORK_VGG19))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "loss weights (keras-vgg16:3be917fb" in caught.value.details()
+            assert "have no VGG19; ask for VGG16" in caught.value.details()
+            job = client.submit_optimization(job_request(iterations=2, loss_network=pb.LOSS_NETWORK_VGG16))
+            assert wait_for(client, job.id, lambda j: j.state in FINAL).state == pb.JOB_STATE_SUCCEEDED
+    finally:
+        stop_server(server)

@@ -140,3 +140,20 @@ def test_the_convention_gives_rgb_unit_mean_and_std() -> None:
     mean, std = weights.CAFFE_CONVENTION.rgb_unit()
     assert mean == pytest.approx((123.68 / 255, 116.779 / 255, 103.939 / 255)) and std == pytest.approx((1 / 255,) * 3)
     assert weights.TORCHVISION_CONVENTION.rgb_unit() == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def test_each_source_says_which_networks_it_provides(
+    hub: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert weights.networks_for("random:3") == ("vgg16", "vgg19")
+    assert weights.networks_for("keras-vgg16") == ("vgg16",)
+    assert weights.networks_for("torchvision") == ()  # an empty hub cache
+    fake_torchvision_file(hub / "vgg19-dcbb9e9d.pth", "vgg19")  # a file by torchvision's name (loading checks it)
+    assert weights.networks_for("torchvision") == ("vgg19",) and weights.networks_for("imagenet") == ("vgg19",)
+    # An explicit file provides the network whose published SHA-256 it has, and nothing else.
+    own = tmp_path / "mine.pth"
+    digest = fake_torchvision_file(own, "vgg19")
+    assert weights.networks_for(str(own)) == ()
+    monkeypatch.setitem(weights.IMAGENET_WEIGHTS, "vgg19", ("https://example.invalid/vgg19.pth", digest))
+    assert weights.networks_for(str(own)) == ("vgg19",)
+    assert weights.networks_for(str(tmp_path / "missing.pth")) == ()
