@@ -2,7 +2,8 @@
 
 The first bundle shipped an `adain` that returned one flat colour for every photo and style, and an
 `impressionists` whose four styles were nearly the same blurred photo; nothing noticed. These tests run
-each model's newest version with ONNX Runtime on a held photo and assert what a person would check.
+each model's newest version with ONNX Runtime on a held photo and assert what a person would check, for
+the fp32 graph and for each int8 variant the server may serve instead (the fast-path issue).
 """
 
 from __future__ import annotations
@@ -32,11 +33,22 @@ def newest_sha(model_dir: Path) -> str:
     return spec.versions[max(list_versions(model_dir, spec.family))].sha256["model.onnx"]
 
 
-def marked(model_dir: Path) -> object:
-    if newest_sha(model_dir) in KNOWN_BROKEN:
-        reason = "issue 13: trained on random:0 features; the retrained bundle replaces it"
-        return pytest.param(model_dir, id=model_dir.name, marks=pytest.mark.xfail(strict=True, reason=reason))
-    return pytest.param(model_dir, id=model_dir.name)
+def image_graphs(model_dir: Path) -> list[str]:
+    """model.onnx and the newest version's float-io variants of it (int8 arithmetic, same tensors)."""
+    spec = read_spec(model_dir)
+    info = spec.versions[max(list_versions(model_dir, spec.family))]
+    return ["model.onnx", *(v.file for v in info.variants if v.graph == "model.onnx" and v.io == "float")]
+
+
+def marked(model_dir: Path) -> list[object]:
+    params = []
+    for graph in image_graphs(model_dir):
+        marks = []
+        if newest_sha(model_dir) in KNOWN_BROKEN:
+            reason = "issue 13: trained on random:0 features; the retrained bundle replaces it"
+            marks.append(pytest.mark.xfail(strict=True, reason=reason))
+        params.append(pytest.param(model_dir, graph, id=f"{model_dir.name}-{graph}", marks=marks))
+    return params
 
 
 DIRS = model_dirs(MODELS)
@@ -55,9 +67,8 @@ CONTENT = photo(ROOT / "data" / "content" / "kodim23.png")
 def sessions(model_dir: Path) -> dict[str, ort.InferenceSession]:
     spec = read_spec(model_dir)
     version = model_dir / str(max(list_versions(model_dir, spec.family)))
-    return {
-        g.file: ort.InferenceSession(str(version / g.file), providers=["CPUExecutionProvider"]) for g in spec.graphs
-    }
+    files = [g.file for g in spec.graphs] + [v.file for v in spec.versions[int(version.name)].variants]
+    return {f: ort.InferenceSession(str(version / f), providers=["CPUExecutionProvider"]) for f in files}
 
 
 def run(session: ort.InferenceSession, **feeds: np.ndarray) -> np.ndarray:
@@ -77,17 +88,17 @@ def assert_stylised(out: np.ndarray, what: str) -> None:
 
 
 def by_family(family: str) -> list[object]:
-    return [marked(d) for d in DIRS if read_spec(d).family == family]
+    return [param for d in DIRS if read_spec(d).family == family for param in marked(d)]
 
 
-@pytest.mark.parametrize("model_dir", by_family("per_style"))
-def test_a_per_style_model_stylises_a_photo(model_dir: Path) -> None:
-    assert_stylised(run(sessions(model_dir)["model.onnx"], image=CONTENT), model_dir.name)
+@pytest.mark.parametrize(("model_dir", "graph"), by_family("per_style"))
+def test_a_per_style_model_stylises_a_photo(model_dir: Path, graph: str) -> None:
+    assert_stylised(run(sessions(model_dir)[graph], image=CONTENT), f"{model_dir.name} {graph}")
 
 
-@pytest.mark.parametrize("model_dir", by_family("multi_style"))
-def test_each_style_of_a_multi_style_model_differs_and_a_blend_lies_between(model_dir: Path) -> None:
-    session = sessions(model_dir)["model.onnx"]
+@pytest.mark.parametrize(("model_dir", "graph"), by_family("multi_style"))
+def test_each_style_of_a_multi_style_model_differs_and_a_blend_lies_between(model_dir: Path, graph: str) -> None:
+    session = sessions(model_dir)[graph]
     count = len(read_spec(model_dir).styles)
     outs = [run(session, image=CONTENT, style_weights=np.eye(count, dtype=np.float32)[[i]]) for i in range(count)]
     for i, out in enumerate(outs):
@@ -102,14 +113,14 @@ def test_each_style_of_a_multi_style_model_differs_and_a_blend_lies_between(mode
     assert distance(blend, (outs[0] + outs[1]) / 2) < apart / 2, "a 50/50 blend lies between its two styles"
 
 
-@pytest.mark.parametrize("model_dir", by_family("arbitrary"))
-def test_an_arbitrary_style_model_follows_its_style_image(model_dir: Path) -> None:
+@pytest.mark.parametrize(("model_dir", "graph"), by_family("arbitrary"))
+def test_an_arbitrary_style_model_follows_its_style_image(model_dir: Path, graph: str) -> None:
     graphs = sessions(model_dir)
     styles = ROOT / "data" / "styles"
     outs = []
     for name in ("starry_night", "the_kiss"):
         stats = graphs["style_encoder.onnx"].run(None, {"style": photo(styles / f"{name}.jpg", 256)})[0]
-        out = run(graphs["model.onnx"], image=CONTENT, style_stats=stats, strength=np.ones((1, 1), np.float32))
+        out = run(graphs[graph], image=CONTENT, style_stats=stats, strength=np.ones((1, 1), np.float32))
         assert_stylised(out, f"{model_dir.name} with {name}")
         outs.append(out)
     assert distance(outs[0], outs[1]) > 0.05, "two different paintings give (nearly) the same output"
