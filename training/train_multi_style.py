@@ -38,7 +38,7 @@ class MultiStyleConfig(loop.TrainConfig):
     # hundred times torchvision's: with torchvision's recipe (1e5, 1e10) the style term outweighed content
     # 3.5e6 times at the first step; with these, 35 times (README, "Bundled models"). torchvision: 1e5, 1e10.
     content_weight: float = 1.0
-    style_weight: float = 1.0
+    style_weight: float = 30.0  # train_per_style.py says why
     tv_weight: float = 0.0
     content_layer: str = "relu2_2"
     style_layers: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
