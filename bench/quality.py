@@ -2,6 +2,7 @@
 
     python -m bench.quality                       # every bundled model, 4 held-out photos, 256 px
     python -m bench.quality --photos 2 --iterations 150 --sheet docs/quality.jpg
+    python -m bench.quality --only adain          # one model
 
 For each feed-forward model and style, on photos that are not in data/ (scikit-image's public-domain and CC0
 samples, read from its wheel, which is fetched with `pip download --no-deps` into bench/peers/ and never
@@ -75,10 +76,12 @@ def session(path: Path) -> ort.InferenceSession:
 class Bundle:
     """Every (model, style) pair of the bundle as a function photo -> output, with its style image."""
 
-    def __init__(self, models: Path) -> None:
+    def __init__(self, models: Path, only: list[str] | None = None) -> None:
         self.pairs: list[tuple[str, str, Any]] = []
         for model_dir in model_dirs(models):
             spec = read_spec(model_dir)
+            if only and spec.name not in only:
+                continue
             version = model_dir / str(max(list_versions(model_dir, spec.family)))
             graphs = {g.file: session(version / g.file) for g in spec.graphs}
             net = graphs["model.onnx"]
@@ -156,6 +159,7 @@ def sheet(rows: list[list[np.ndarray]], path: Path, cell: int = 192) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else "")
     parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument("--only", action="append", default=[], help="model name; repeatable (default: all)")
     parser.add_argument("--photos", type=int, default=len(PHOTOS), help="how many held-out photos")
     parser.add_argument("--side", type=int, default=256)
     parser.add_argument("--iterations", type=int, default=150, help="Gatys' L-BFGS iterations per pair")
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     vgg = gatys.load_loss_network(config)
     net = LossNetwork(vgg, [*config.content_layers, *config.style_layers], config.pooling)
     predict, transform = peer_sessions()
-    bundle = Bundle(args.models)
+    bundle = Bundle(args.models, args.only)
     rows, pictures = [], []
     for photo_path in held_out_photos()[: args.photos]:
         photo = load(photo_path, args.side)
