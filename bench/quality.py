@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     print(summary)
     sheet(pictures, args.sheet)
     write_result(
-        "quality",
+        "-".join(["quality", *args.only]),
         {
             "machine": machine(),
             "side": args.side,
