@@ -108,6 +108,9 @@ class ServerConfig(JobSettings):
     host: str = _setting("127.0.0.1", "address of the gRPC port")
     port: int = _setting(50051, "gRPC port (0: any free port, printed in the log)")
     http_port: int = _setting(8080, "HTTP/JSON API and web page port, on the gRPC port's host, TLS and tokens (0: off)")
+    http_keepalive_seconds: float = _setting(
+        15.0, "an SSE stream with no update for this long gets a comment line, so proxies keep it open (0: never)"
+    )
     metrics_port: int = _setting(9464, "Prometheus /metrics port (0: off)")
     models: Path = _setting(Path("models"), "the model repository")
     local_workers: int = _setting(1, "local Gatys worker processes (0: none)")

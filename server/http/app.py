@@ -33,6 +33,7 @@ class HttpSettings:
     max_body_bytes: int  # STYLIZE_MAX_MESSAGE_BYTES: the gRPC port's message limit
     max_open_requests: int  # STYLIZE_MAX_RPCS
     token_digests: list[bytes]  # server/auth.py's digests; empty: no tokens
+    keepalive_seconds: float = 15.0  # STYLIZE_HTTP_KEEPALIVE_SECONDS: SSE comment lines between quiet updates
 
 
 class _NoContext:
@@ -66,6 +67,7 @@ def build_app(service: StylizeService, settings: HttpSettings, ready: Callable[[
     )
     app.state.service = service
     app.state.ready = ready
+    app.state.keepalive_seconds = settings.keepalive_seconds
     app.include_router(models.router)
     app.include_router(jobs.router)
     app.include_router(health.router)

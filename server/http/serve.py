@@ -47,7 +47,10 @@ async def start_http(
 ) -> HttpServer:
     digests = load_tokens(Path(config.tokens_file) if config.tokens_file else None, config.tokens)
     settings = HttpSettings(
-        max_body_bytes=config.max_message_bytes, max_open_requests=config.max_rpcs, token_digests=digests
+        max_body_bytes=config.max_message_bytes,
+        max_open_requests=config.max_rpcs,
+        token_digests=digests,
+        keepalive_seconds=config.http_keepalive_seconds,
     )
     app = build_app(service, settings, readiness(health_servicer, service_name))
     tls: dict[str, Any] = {}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -17,6 +19,7 @@ from server.service import Call, CallFailed
 from stylize.v1 import stylize_pb2 as pb
 
 router = APIRouter(tags=["jobs"])
+T = TypeVar("T")
 
 FORM_BODY = {
     "requestBody": {
@@ -104,6 +107,32 @@ def event(name: str, body: object) -> str:
     return f"event: {name}\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"
 
 
+KEEPALIVE = ": keep-alive\n\n"  # an SSE comment: clients ignore it, proxies see traffic
+
+
+async def with_keepalives(updates: AsyncIterator[T], seconds: float) -> AsyncIterator[T | None]:
+    """`updates`, with None wherever `seconds` pass without one (a queued job sends nothing for minutes)."""
+    if seconds <= 0:
+        async for update in updates:
+            yield update
+        return
+    pending: asyncio.Future[T] = asyncio.ensure_future(anext(updates))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=seconds)
+            if not done:
+                yield None
+                continue
+            try:
+                update = pending.result()
+            except StopAsyncIteration:
+                return
+            yield update
+            pending = asyncio.ensure_future(anext(updates))
+    finally:
+        pending.cancel()  # the client went away mid-wait: stop waiting on the job
+
+
 @router.get(
     "/v1/jobs/{job_id}/events",
     summary="The job's updates as Server-Sent Events (`job` events, WatchJob's messages), until it ends",
@@ -120,8 +149,8 @@ async def events(job_id: str, request: Request) -> Response:
     async def stream() -> AsyncIterator[str]:
         yield event("job", job_json(first))
         try:
-            async for record in updates:
-                yield event("job", job_json(record))
+            async for record in with_keepalives(updates, request.app.state.keepalive_seconds):
+                yield KEEPALIVE if record is None else event("job", job_json(record))
         except CallFailed as failed:
             yield event("error", {"code": failed.code.name, "message": failed.message})
 

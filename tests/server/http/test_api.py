@@ -33,6 +33,7 @@ ENV = {
     "STYLIZE_MAX_QUEUE": "2",
     "STYLIZE_MAX_MESSAGE_BYTES": str(4 << 20),
     "STYLIZE_GRACE_SECONDS": "3",  # what the draining test waits through
+    "STYLIZE_HTTP_KEEPALIVE_SECONDS": "0.5",
 }
 PNG = encode(photo(96, 64))
 STYLE = encode(photo(64, 64, seed=3))
@@ -351,3 +352,28 @@ def test_last_draining_is_503_and_readyz_says_so(http: httpx.Client, api: Runnin
     error(http.get("/readyz"), 503, "UNAVAILABLE", "not ready")
     error(http.get("/v1/models"), 503, "UNAVAILABLE", "shutting down")
     assert api.process.wait(timeout=60) == 0
+
+
+def test_a_quiet_event_stream_gets_keep_alive_comments(http: httpx.Client) -> None:
+    """A job queued behind another sends no update for minutes; comment lines keep proxies from closing it."""
+    request = {
+        "content": {"data": base64.b64encode(encode(photo(48, 32))).decode()},
+        "styleImages": [{"data": base64.b64encode(STYLE).decode()}],
+        "iterations": 20000,
+        **JOB_OPTIONS,
+    }
+    running = http.post("/v1/jobs", json=request).json()
+    queued = http.post("/v1/jobs", json=request).json()  # one local worker: this one waits
+    try:
+        lines = []
+        with http.stream("GET", f"/v1/jobs/{queued['id']}/events") as response:
+            for line in response.iter_lines():
+                lines.append(line)
+                if line == ": keep-alive":
+                    break
+        assert lines[0] == "event: job" and json.loads(lines[1][6:])["state"] == "JOB_STATE_QUEUED"
+        assert lines[-1] == ": keep-alive"
+    finally:
+        for job in (queued, running):
+            http.delete(f"/v1/jobs/{job['id']}")
+    assert sse(http, queued["id"])[-1][1]["state"] == "JOB_STATE_CANCELLED"
