@@ -199,6 +199,14 @@ def version_dir(root: Path, name: str, version: int) -> Path:
 # The writer (export/).
 
 
+def graph_interface(graphs: Sequence[GraphSpec]) -> list[tuple[str, list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
+    """What clients rely on: each graph's file and its tensors' names, shapes and types (not their descriptions)."""
+    return [
+        (g.file, [(t.name, t.shape, t.dtype) for t in g.inputs], [(t.name, t.shape, t.dtype) for t in g.outputs])
+        for g in graphs
+    ]
+
+
 def write_version(
     root: Path,
     spec: ModelSpec,
@@ -221,11 +229,15 @@ def write_version(
     existing: dict[int, VersionInfo] = {}
     if (model_dir / SPEC_FILE).exists():
         current = read_spec(model_dir)
-        for name in ("family", "styles", "graphs"):
-            if getattr(current, name) != getattr(spec, name):
+        for name, kept in (
+            ("family", lambda m: m.family),
+            ("styles", lambda m: m.styles),
+            ("graphs", lambda m: graph_interface(m.graphs)),  # descriptions may change; tensors may not
+        ):
+            if kept(current) != kept(spec):
                 raise RepositoryError(
                     f"{model_dir}: a new version must keep the model's {name} "
-                    f"({getattr(current, name)!r}); export under a new --name instead"
+                    f"({kept(current)!r}); export under a new --name instead"
                 )
         existing = dict(current.versions)
     on_disk = list_versions(model_dir, spec.family)

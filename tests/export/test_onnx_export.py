@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from core.repository import RepositoryError, list_versions, read_spec
+from core.repository import (
+    GraphSpec,
+    ModelSpec,
+    RepositoryError,
+    TensorSpec,
+    list_versions,
+    read_spec,
+    write_version,
+)
 from export.__main__ import ExportConfig, export_checkpoint
 from tests.conftest import CONTENT_DIR, make_checkpoint
 from training import loop
@@ -79,3 +88,18 @@ def test_a_new_version_must_keep_the_models_styles(exported: tuple[Path, Path], 
     other = make_checkpoint(tmp_path / "other.pt", styles=("another_style",))
     with pytest.raises(RepositoryError, match="must keep the model's styles"):
         export_checkpoint(ExportConfig(checkpoint=other, name="starry", models=root))
+
+
+def test_a_new_version_may_reword_its_tensors_but_not_change_them(tmp_path: Path) -> None:
+    """The retrained adain's stats say VGG-16 where the first said VGG-19: same tensors, so the same model."""
+    graph = GraphSpec("model.onnx", [TensorSpec("image", ["batch", 3, "height", "width"], "float32", "RGB")], [])
+    spec = ModelSpec(name="m", family="per_style", styles=["s"], graphs=[graph], preset="fast", description="")
+    built = tmp_path / "built.onnx"
+    built.write_bytes(b"graph")
+    write_version(tmp_path, spec, {"model.onnx": built}, {})
+    reworded = dataclasses.replace(graph, inputs=[dataclasses.replace(graph.inputs[0], description="RGB in [0, 1]")])
+    assert write_version(tmp_path, dataclasses.replace(spec, graphs=[reworded]), {"model.onnx": built}, {}) == 2
+    assert read_spec(tmp_path / "m").graphs[0].inputs[0].description == "RGB in [0, 1]"
+    renamed = dataclasses.replace(graph, inputs=[dataclasses.replace(graph.inputs[0], name="photo")])
+    with pytest.raises(RepositoryError, match="must keep the model's graphs"):
+        write_version(tmp_path, dataclasses.replace(spec, graphs=[renamed]), {"model.onnx": built}, {})
