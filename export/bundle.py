@@ -165,7 +165,7 @@ def build(
         "model": recipe.name,
         "version": version,
         "steps": values["steps"],
-        **({"resumed_from": values["resume"]} if "resume" in values else {}),
+        "resumed": "resume" in values,
         "loss_weights": values["loss_weights"],
         "train_seconds": round(trained),
         "hardware": hardware(),

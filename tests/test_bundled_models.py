@@ -72,3 +72,23 @@ def test_the_server_loads_every_bundled_model() -> None:
     registry.load_all()
     assert not registry.failures
     assert sorted(m.name for m in registry.models()) == sorted(d.name for d in DIRS)
+
+
+def machine_paths(value: object) -> list[str]:
+    """Absolute paths anywhere in a provenance tree: the exporting machine's, which no reader has."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in machine_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in machine_paths(v)]
+    if isinstance(value, str):
+        return [word for word in value.split() if word.startswith(("/", "~"))]
+    return []
+
+
+@pytest.mark.parametrize("model_dir", DIRS, ids=[d.name for d in DIRS])
+def test_provenance_names_no_machine_paths(model_dir: Path) -> None:
+    spec = read_spec(model_dir)
+    for version in list_versions(model_dir, spec.family):
+        info = spec.versions[version]
+        found = machine_paths(info.provenance) + [p for v in info.variants for p in machine_paths(v.provenance)]
+        assert not found, f"{model_dir.name} version {version} records machine paths: {found}"

