@@ -23,7 +23,6 @@ SIDE = 160
 # The two graphs of the random-weights bundle these tests were written against (issue 13): the flat adain
 # and the near-identical impressionists. Strict: once a retrained version replaces them, the mark falls away.
 KNOWN_BROKEN = {
-    "54e2fdc68b9922c8fa23fa5e0b0567a805bd0afe853a1bb054ec065b3a1a7fde": "adain",
     "28d7ce5995842602f71719bd9f419ccb25267d39ce67c9144d2a6c950e02a88f": "impressionists",
 }
 
