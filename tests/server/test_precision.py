@@ -120,3 +120,16 @@ def test_arena_shrinkage_gives_back_what_a_large_image_needed() -> None:
 
     held, shrunk = rss_mib(False), rss_mib(True)
     assert held - shrunk > 200, (held, shrunk)  # the 1536 px run's activations: about 500 MiB
+
+
+def test_outputs_beyond_unit_range_are_compared_relative_to_it(tmp_path: Path) -> None:
+    """The bundled adain's style statistics (keras-vgg16's relu4_1, values in the thousands) match in fp16 to
+    about 2e-4 of their range, though by 0.6 in absolute terms: fp16 must not be refused for the second."""
+    (tmp_path / "adain").symlink_to(ROOT / "models" / "adain")
+    registry = ModelRegistry(tmp_path, RuntimeOptions(device="cpu", fp16="always"), warmup_sides=(32,))
+    registry.load_all()
+    version = registry.get("adain")[1]
+    assert version.precision == {"style_encoder.onnx": "fp16", "model.onnx": "fp16"}
+    feeds = graph_feeds(next(g for g in registry.get("adain")[0].spec.graphs if g.file == "style_encoder.onnx"), 48)
+    got = version.sessions["style_encoder.onnx"].run(None, feeds)[0]
+    assert np.abs(got).max() > 100, "the statistics are beyond [0, 1], or this test checks nothing"

@@ -342,18 +342,6 @@ def test_metrics_carry_the_protocol(http: httpx.Client, api: RunningServer) -> N
     assert metric(api, 'stylize_requests_total{code="NOT_FOUND",method="Stylize",protocol="http"}') >= 1
 
 
-def test_last_draining_is_503_and_readyz_says_so(http: httpx.Client, api: RunningServer) -> None:
-    """Stops the module's server, so it runs last: while a running job gets its grace period, the HTTP port
-    still answers, readyz 503 and new calls 503 UNAVAILABLE."""
-    job = submit(http, 20000)
-    wait_until(lambda: http.get(f"/v1/jobs/{job['id']}").json()["iteration"] > 0)
-    api.process.terminate()
-    wait_until(lambda: http.get("/readyz").status_code == 503)
-    error(http.get("/readyz"), 503, "UNAVAILABLE", "not ready")
-    error(http.get("/v1/models"), 503, "UNAVAILABLE", "shutting down")
-    assert api.process.wait(timeout=60) == 0
-
-
 def test_a_quiet_event_stream_gets_keep_alive_comments(http: httpx.Client) -> None:
     """A job queued behind another sends no update for minutes; comment lines keep proxies from closing it."""
     request = {
@@ -377,3 +365,15 @@ def test_a_quiet_event_stream_gets_keep_alive_comments(http: httpx.Client) -> No
         for job in (queued, running):
             http.delete(f"/v1/jobs/{job['id']}")
     assert sse(http, queued["id"])[-1][1]["state"] == "JOB_STATE_CANCELLED"
+
+
+def test_last_draining_is_503_and_readyz_says_so(http: httpx.Client, api: RunningServer) -> None:
+    """Stops the module's server, so it runs last: while a running job gets its grace period, the HTTP port
+    still answers, readyz 503 and new calls 503 UNAVAILABLE."""
+    job = submit(http, 20000)
+    wait_until(lambda: http.get(f"/v1/jobs/{job['id']}").json()["iteration"] > 0)
+    api.process.terminate()
+    wait_until(lambda: http.get("/readyz").status_code == 503)
+    error(http.get("/readyz"), 503, "UNAVAILABLE", "not ready")
+    error(http.get("/v1/models"), 503, "UNAVAILABLE", "shutting down")
+    assert api.process.wait(timeout=60) == 0
