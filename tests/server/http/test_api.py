@@ -279,13 +279,18 @@ def test_a_job_streams_its_updates_then_its_result(http: httpx.Client) -> None:
     assert http.get(f"/v1/jobs/{job['id']}").json()["state"] == "JOB_STATE_SUCCEEDED"
 
 
-def test_a_job_from_proto3_json_and_its_cancel(http: httpx.Client) -> None:
-    request = {
+def long_json_job() -> dict[str, Any]:
+    """A whole OptimizationRequest in proto3 JSON that runs until cancelled (20,000 iterations)."""
+    return {
         "content": {"data": base64.b64encode(encode(photo(48, 32))).decode()},
         "styleImages": [{"data": base64.b64encode(STYLE).decode()}],
         "iterations": 20000,
         **JOB_OPTIONS,
     }
+
+
+def test_a_job_from_proto3_json_and_its_cancel(http: httpx.Client) -> None:
+    request = long_json_job()
     job = http.post("/v1/jobs", json=request).json()
     wait_until(lambda: http.get(f"/v1/jobs/{job['id']}").json()["iteration"] > 0)
     cancelled = http.delete(f"/v1/jobs/{job['id']}").json()
@@ -344,12 +349,7 @@ def test_metrics_carry_the_protocol(http: httpx.Client, api: RunningServer) -> N
 
 def test_a_quiet_event_stream_gets_keep_alive_comments(http: httpx.Client) -> None:
     """A job queued behind another sends no update for minutes; comment lines keep proxies from closing it."""
-    request = {
-        "content": {"data": base64.b64encode(encode(photo(48, 32))).decode()},
-        "styleImages": [{"data": base64.b64encode(STYLE).decode()}],
-        "iterations": 20000,
-        **JOB_OPTIONS,
-    }
+    request = long_json_job()
     running = http.post("/v1/jobs", json=request).json()
     queued = http.post("/v1/jobs", json=request).json()  # one local worker: this one waits
     try:
