@@ -160,6 +160,9 @@ class TrainConfig:
     batch_size: int = 4
     image_size: int = field(default=256, metadata={"help": "side of the square training crops"})
     lr: float = 1e-3
+    content_warmup: int = field(
+        default=0, metadata={"help": "first steps on the content term alone, so style starts from a near-identity network"}
+    )
     loss_network: str = field(default="vgg16", metadata={"help": "vgg16 or vgg19"})
     loss_weights: str = field(
         default="keras-vgg16", metadata={"help": "keras-vgg16, torchvision, a torchvision file, or random:SEED"}
@@ -249,7 +252,10 @@ def fit(cfg: TrainConfig, run: TrainingRun, device: torch.device) -> Path:
         x = data.batch(cfg.batch_size, generator).to(device)  # (B, 3, S, S)
         with autocast(device):
             terms = run.loss_terms(x, generator)
-        total = torch.stack([t.float() for t in terms.values()]).sum()
+        if step < cfg.content_warmup:
+            total = terms["content"].float()
+        else:
+            total = torch.stack([t.float() for t in terms.values()]).sum()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()

@@ -44,6 +44,7 @@ def tiny_config(content_dir: Path, out_dir: Path, **overrides: object) -> PerSty
         "checkpoint_every": 6,
         "device": "cpu",
         "tv_weight": 1.0,
+        "content_warmup": 0,
     }
     values.update(overrides)
     return PerStyleConfig(**values)  # type: ignore[arg-type]
@@ -52,6 +53,23 @@ def tiny_config(content_dir: Path, out_dir: Path, **overrides: object) -> PerSty
 def read_log(path: Path) -> list[dict[str, float]]:
     with path.open() as stream:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(stream)]
+
+
+def test_content_warmup_trains_on_content_alone(content_dir: Path, tmp_path: Path) -> None:
+    def weights_after(style_weight: float, warmup: int) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"w{style_weight}-{warmup}"
+        config = tiny_config(content_dir, out, steps=3, style_weight=style_weight, tv_weight=0.0, content_warmup=warmup)
+        state: dict[str, torch.Tensor] = torch.load(train(config), weights_only=False)["model"]
+        return state
+
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    # During the warm-up the style term is logged but does not move the network.
+    assert same(weights_after(1.0, warmup=3), weights_after(50.0, warmup=3))
+    assert not same(weights_after(1.0, warmup=0), weights_after(50.0, warmup=0))
+    rows = read_log(tmp_path / "w50.0-3" / "losses.csv")
+    assert all(row["style"] > 0 and row["total"] == pytest.approx(row["content"]) for row in rows)
 
 
 def test_every_loss_term_falls(content_dir: Path, tmp_path: Path) -> None:
