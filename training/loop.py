@@ -161,7 +161,8 @@ class TrainConfig:
     image_size: int = field(default=256, metadata={"help": "side of the square training crops"})
     lr: float = 1e-3
     content_warmup: int = field(
-        default=0, metadata={"help": "first steps on the content term alone, so style starts from a near-identity network"}
+        default=0,
+        metadata={"help": "first steps on the content term alone, so style starts from a near-identity network"},
     )
     loss_network: str = field(default="vgg16", metadata={"help": "vgg16 or vgg19"})
     loss_weights: str = field(
