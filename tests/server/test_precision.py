@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.repository import list_versions, read_spec
 from server import fp16
 from server.registry import ModelRegistry, graph_feeds
 from server.runtime import RuntimeOptions, Session, create_session
@@ -96,14 +97,14 @@ def test_auto_measures_on_cuda_only() -> None:
     assert not fp16.wanted(RuntimeOptions(device="cuda", fp16="off"))
 
 
-# The bundled fast model at 1536 px, then at 64 px: the arena holds what the large run needed unless
-# it shrinks after each run. Prints the process's RSS in MiB after the small runs.
+# The bundled quality model (its newest version) at 1536 px, then at 64 px: the arena holds what the
+# large run needed unless it shrinks after each run. Prints the process's RSS in MiB after the small runs.
 ARENA = """
 import os, sys
 import numpy as np
 from server.runtime import RuntimeOptions, create_session
 session = create_session(
-    "models/great_wave/1/model.onnx", RuntimeOptions(device="cpu", arena_shrinkage=sys.argv[1] == "1")
+    sys.argv[2], RuntimeOptions(device="cpu", arena_shrinkage=sys.argv[1] == "1")
 )
 for side in (64, 1536, 64, 64):
     session.run(None, {"image": np.full((1, 3, side, side), 0.5, np.float32)})
@@ -112,10 +113,12 @@ print(int(open(f"/proc/{os.getpid()}/statm").read().split()[1]) * os.sysconf("SC
 
 
 def test_arena_shrinkage_gives_back_what_a_large_image_needed() -> None:
+    model_dir = ROOT / "models" / "starry_night"
+    graph = model_dir / str(max(list_versions(model_dir, read_spec(model_dir).family))) / "model.onnx"
+
     def rss_mib(shrink: bool) -> int:
-        run = subprocess.run(
-            [sys.executable, "-c", ARENA, "1" if shrink else "0"], cwd=ROOT, check=True, capture_output=True, text=True
-        )
+        command = [sys.executable, "-c", ARENA, "1" if shrink else "0", str(graph)]
+        run = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
         return int(run.stdout.split()[-1])
 
     held, shrunk = rss_mib(False), rss_mib(True)
