@@ -195,6 +195,8 @@ class TrainingRun:
     samples: Callable[[], list[list[torch.Tensor]]]
     # Recorded in the checkpoint and, by export, in model.json: styles, loss_weights, loss_network, data.
     provenance: dict[str, Any]
+    # Parameter-name suffix -> multiple of --lr for the parameters whose names end with it.
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -207,7 +209,12 @@ def fit(cfg: TrainConfig, run: TrainingRun, device: torch.device) -> Path:
     out_dir = Path(cfg.out_dir)
     checkpoint_path = out_dir / "checkpoint.pt"
     net = run.net
-    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, parameter in net.named_parameters():
+        if parameter.requires_grad:
+            scale = next((v for suffix, v in run.lr_scale.items() if name.endswith(suffix)), 1.0)
+            groups.setdefault(scale, []).append(parameter)
+    optimizer = torch.optim.Adam([{"params": ps, "lr": cfg.lr * scale} for scale, ps in sorted(groups.items())])
     step = 0
     seconds_before = 0.0  # training time spent before a resume, so logs and records show the whole run
     if cfg.resume:

@@ -20,6 +20,7 @@ from training.train_multi_style import MultiStyleConfig
 from training.train_multi_style import train as train_multi_style
 
 COMMON = {
+    "content_warmup": 0,
     "steps": 12,
     "batch_size": 2,
     "image_size": 32,
@@ -71,6 +72,11 @@ def test_multi_style_trains_every_term_down(folders: tuple[Path, Path], tmp_path
     with torch.no_grad():
         a, b = net(x, one_hot(torch.tensor([0]), 2)), net(x, one_hot(torch.tensor([1]), 2))
     assert a.shape == x.shape and not torch.allclose(a, b), "the two styles render differently"
+    # The per-style norm parameters learn at style_lr_scale times the shared convolutions' rate.
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-2), pytest.approx(1e-2 * cfg.style_lr_scale)]
+    per_style = [p for name, p in net.named_parameters() if name.endswith((".gamma", ".beta"))]
+    assert len(groups[1]["params"]) == len(per_style) > 0
 
 
 def test_arbitrary_trains_every_term_down(folders: tuple[Path, Path], tmp_path: Path) -> None:
