@@ -149,8 +149,11 @@ def build(
             logger.info("%s: trained and exported already (version %s); skipped", recipe.name, done.get("version"))
             return None
     checkpoint = train(config_class(**values))
-    # Training time as the checkpoint counts it: the whole run, across resumes.
-    trained = float(torch.load(checkpoint, map_location="cpu", weights_only=False).get("seconds", 0.0))
+    # Training time as the checkpoint counts it: the whole run, across resumes. Wall time includes any pause
+    # (a run stopped for a benchmark); CPU time does not, and is None for a checkpoint older than its counting.
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    trained = float(state.get("seconds", 0.0))
+    cpu = state.get("cpu_seconds")
     version = export_checkpoint(
         ExportConfig(
             checkpoint=checkpoint,
@@ -168,6 +171,7 @@ def build(
         "resumed": "resume" in values,
         "loss_weights": values["loss_weights"],
         "train_seconds": round(trained),
+        "train_cpu_seconds": None if cpu is None else round(float(cpu)),
         "hardware": hardware(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -216,7 +216,10 @@ def fit(cfg: TrainConfig, run: TrainingRun, device: torch.device) -> Path:
             groups.setdefault(scale, []).append(parameter)
     optimizer = torch.optim.Adam([{"params": ps, "lr": cfg.lr * scale} for scale, ps in sorted(groups.items())])
     step = 0
-    seconds_before = 0.0  # training time spent before a resume, so logs and records show the whole run
+    # Training time spent before a resume, so logs and records show the whole run: wall seconds, and the
+    # process's CPU seconds (all threads), which do not advance while the run is paused (SIGSTOP) as wall time does.
+    seconds_before = 0.0
+    cpu_seconds_before: float | None = 0.0  # None: resumed from a checkpoint that did not count it
     if cfg.resume:
         checkpoint = load_checkpoint(cfg.resume)
         if checkpoint.get("family") != run.family or checkpoint["model_config"] != run.model_config:
@@ -228,6 +231,7 @@ def fit(cfg: TrainConfig, run: TrainingRun, device: torch.device) -> Path:
         optimizer.load_state_dict(checkpoint["optimizer"])
         step = int(checkpoint["step"])
         seconds_before = float(checkpoint.get("seconds", 0.0))
+        cpu_seconds_before = checkpoint.get("cpu_seconds")
         logger.info("resumed from %s at step %d", cfg.resume, step)
 
     data = ContentImages(cfg.content_dir, cfg.image_size)
@@ -246,6 +250,9 @@ def fit(cfg: TrainConfig, run: TrainingRun, device: torch.device) -> Path:
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "seconds": seconds_before + time.monotonic() - started,
+                "cpu_seconds": None
+                if cpu_seconds_before is None
+                else cpu_seconds_before + time.process_time() - cpu_started,
                 "config": asdict(cfg),
                 "command": command_line(),
                 "code_version": code_version(),
@@ -254,6 +261,7 @@ def fit(cfg: TrainConfig, run: TrainingRun, device: torch.device) -> Path:
 
     net.train()
     started = time.monotonic()
+    cpu_started = time.process_time()
     bar = tqdm(total=cfg.steps, initial=step, desc=run.family, unit="step", dynamic_ncols=True)
     while step < cfg.steps:
         generator = step_generator(cfg.seed, step)

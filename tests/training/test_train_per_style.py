@@ -90,6 +90,7 @@ def test_every_loss_term_falls(content_dir: Path, tmp_path: Path) -> None:
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(content_dir: Path, tmp_path: Path) -> None:
     straight = loop.load_checkpoint(train(tiny_config(content_dir, tmp_path / "straight", steps=4)))
     first_half = train(tiny_config(content_dir, tmp_path / "resumed", steps=2))
+    first_cpu = loop.load_checkpoint(first_half)["cpu_seconds"]
     log = tmp_path / "resumed" / "losses.csv"
     with log.open("a") as f:  # a row the killed run logged after its last checkpoint
         f.write("3,99.0,1,1,1,3\n")
@@ -105,6 +106,19 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(content_dir: Path
     seconds = [float(row[1]) for row in rows]
     assert seconds == sorted(seconds) and seconds[2] != 99.0
     assert resumed["seconds"] >= seconds[-1] > 0
+    # CPU seconds (which a paused run does not accrue) are counted across the resume too.
+    assert resumed["cpu_seconds"] > first_cpu > 0
+
+
+def test_cpu_seconds_are_unknown_after_resuming_a_checkpoint_that_did_not_count_them(
+    content_dir: Path, tmp_path: Path
+) -> None:
+    first = train(tiny_config(content_dir, tmp_path / "run", steps=1))
+    state = loop.load_checkpoint(first)
+    del state["cpu_seconds"]  # as a checkpoint written before CPU time was counted
+    loop.save_checkpoint(first, state)
+    resumed = loop.load_checkpoint(train(tiny_config(content_dir, tmp_path / "run", steps=2, resume=str(first))))
+    assert resumed["step"] == 2 and resumed["cpu_seconds"] is None
 
 
 def test_unreadable_photos_are_skipped_with_a_warning(
