@@ -165,7 +165,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=150, help="Gatys' L-BFGS iterations per pair")
     parser.add_argument("--sheet", type=Path, default=Path(__file__).resolve().parent / "results" / "quality.jpg")
     args = parser.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
     config = gatys.GatysConfig(sizes=(args.side,), iterations=(args.iterations,))
     vgg = gatys.load_loss_network(config)
     net = LossNetwork(vgg, [*config.content_layers, *config.style_layers], config.pooling)

@@ -39,7 +39,10 @@ class PerStyleConfig(loop.TrainConfig):
     style: str = field(metadata={"help": "the style image (PNG, JPEG or WebP)"})
     out_dir: str = "runs/per_style"
     preset: str = field(default="quality", metadata={"help": f"network preset: {', '.join(PRESETS)}"})
-    style_size: int = field(default=512, metadata={"help": "longer side of the style image for its Gram targets"})
+    # The Gram targets' scale sets the size of the painted texture: at 512 px, The Great Wave's foam was drawn
+    # at a size that tiled over faces on 256 px held-out photos and broke them up; at 256 px (as the runs
+    # that chose the weights below used) the motif is finer and the faces and cup stay whole.
+    style_size: int = field(default=256, metadata={"help": "longer side of the style image for its Gram targets"})
     # Chosen by training on keras-vgg16 (Caffe-range features; kodim photos, 128 px, quality preset, The
     # Starry Night), looking at the sample grids: at Adam 1e-3 every style weight tried (0.3 to 30) collapsed
     # within 40 steps into the same coloured blob for every photo, the style gradients' spikes outrunning
