@@ -96,8 +96,22 @@ def export_graph(module: nn.Module, inputs: Sequence[GraphInput], output_name: s
     assert program is not None
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path), external_data=False)
-    model = onnx.load(str(path))
+    model = strip_node_metadata(onnx.load(str(path)))
+    onnx.save(model, str(path))
     onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def strip_node_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop every node's metadata: the exporter writes its Python stack trace there, with the absolute paths of
+    the tree and venv that exported it, which a shipped graph must not carry. Inference does not read it."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            del node.metadata_props[:]
+            for attribute in node.attribute:  # the bodies of If and Loop nodes
+                graphs.extend([attribute.g] if attribute.HasField("g") else attribute.graphs)
     return model
 
 

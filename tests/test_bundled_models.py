@@ -92,3 +92,12 @@ def test_provenance_names_no_machine_paths(model_dir: Path) -> None:
         info = spec.versions[version]
         found = machine_paths(info.provenance) + [p for v in info.variants for p in machine_paths(v.provenance)]
         assert not found, f"{model_dir.name} version {version} records machine paths: {found}"
+
+
+@pytest.mark.parametrize("graph", sorted(MODELS.glob("*/*/*.onnx")), ids=lambda p: "/".join(p.parts[-3:]))
+def test_shipped_graphs_carry_no_exporter_traces(graph: Path) -> None:
+    # torch.onnx writes each node's Python stack trace, with the exporting machine's absolute paths, into the
+    # node's metadata; export/onnx_export.py drops it.
+    model = onnx.load(str(graph))
+    assert not [node.name for node in model.graph.node if node.metadata_props]
+    assert b'File "/' not in graph.read_bytes()

@@ -67,6 +67,8 @@ def test_graph_is_valid_with_dynamic_batch_height_width(exported: tuple[Path, Pa
     assert dims == ["batch", 3, "height", "width"]
     metadata = {p.key: p.value for p in model.metadata_props}
     assert metadata["stylize.family"] == "per_style" and metadata["stylize.loss_weights"] == "random:0"
+    # No exporter stack traces (with this machine's paths) in the nodes.
+    assert not [node.name for node in model.graph.node if node.metadata_props]
 
 
 def test_model_json_records_family_graphs_versions_and_provenance(exported: tuple[Path, Path]) -> None:
