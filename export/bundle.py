@@ -159,7 +159,7 @@ def build(
     checkpoint = train(config_class(**values))
     # Training time as the checkpoint counts it: the whole run, across resumes. Wall time includes any pause
     # (a run stopped for a benchmark); CPU time does not, and is None for a checkpoint older than its counting.
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = loop.load_checkpoint(checkpoint)
     trained = float(state.get("seconds", 0.0))
     cpu = state.get("cpu_seconds")
     version = export_checkpoint(
