@@ -20,8 +20,9 @@ a version exported before. Per image graph (model.onnx) of every family:
 
 Every variant's error against the fp32 graph (PSNR and the largest byte
 difference on the held photos, the last sixth of the content directory, which
-the calibration never sees) is recorded in model.json; the server chooses
-among them at load (server/int8.py).
+the calibration never sees) is recorded in model.json, with the 8-bit dot
+product of the CPU that measured an int8 one (the error differs between
+kernels); the server chooses among them at load (server/int8.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from core import codec
+from core.cpu import int8_dot_product
 from core.repository import (
     PIXELS_INPUT,
     PIXELS_OUTPUT,
@@ -241,6 +243,8 @@ def build_variants(
             "calibration": f"{len(calibration)} crops of {CALIBRATION_SIDE} px, min-max",
             "quantized": "Conv, per-channel int8 weights, uint8 activations (QDQ)",
             "float_nodes": float_nodes,
+            # which int8 kernel the error below was measured with (server/int8.py: recorded_error_applies)
+            "int8_dot_product": int8_dot_product() or "none",
         }
         built.append(measured("model.int8.onnx", "int8", "float", int8_path, extra))
         float_graphs["int8"] = int8_path
@@ -249,7 +253,8 @@ def build_variants(
             name = "model.pixels.onnx" if precision == "fp32" else f"model.{precision}.pixels.onnx"
             wrapped = scratch / name
             onnx.save(pixels_graph(onnx.load(str(path))), str(wrapped))
-            built.append(measured(name, precision, "pixels", wrapped, {}))
+            kernel = {} if precision == "fp32" else {"int8_dot_product": int8_dot_product() or "none"}
+            built.append(measured(name, precision, "pixels", wrapped, kernel))
     return built
 
 

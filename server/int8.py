@@ -66,6 +66,24 @@ def in_bound(variant: VariantSpec) -> bool:
     return variant.psnr_db >= MIN_PSNR_DB and variant.max_pixel_error <= MAX_PIXEL_ERROR
 
 
+def recorded_error_applies(variant: VariantSpec) -> str:
+    """Empty where the variant's recorded error holds on this CPU, else the reason it does not.
+
+    The error depends on the kernel that measured it: without an 8-bit dot product, ONNX Runtime's
+    uint8 x int8 convolutions sum pairs of products in saturating 16-bit registers (AVX2's vpmaddubsw),
+    so they err more than the exact VNNI/AMX kernels (great_wave v3: 25.4 dB measured on AVX2, 30.0 dB
+    on AVX-512 VNNI). An error measured on a CPU without one therefore bounds it everywhere; one
+    measured with one (or not recorded) holds only where this CPU has one too.
+    """
+    measured_with = variant.provenance.get("int8_dot_product", "not recorded")
+    if measured_with == "none" or int8_dot_product():
+        return ""
+    return (
+        f"its error was measured with {measured_with} for int8 dot products and this CPU has none, "
+        "where the 16-bit sums saturate"
+    )
+
+
 def time_alternating(sessions: Mapping[str, Session], feeds: dict[str, np.ndarray]) -> dict[str, float]:
     """The fastest of TIMED_RUNS runs of each session on `feeds`, in milliseconds, taken in turn."""
     times: dict[str, list[float]] = {name: [] for name in sessions}

@@ -226,6 +226,10 @@ class ModelRegistry:
                 *(where, variant.psnr_db, variant.max_pixel_error, int8.MIN_PSNR_DB, int8.MAX_PIXEL_ERROR),
             )
             return None
+        elsewhere = int8.recorded_error_applies(variant)
+        if elsewhere:
+            logger.info("%s: no int8 (%s)", where, elsewhere)
+            return None
         try:
             candidate = create_session(directory / variant.file, self.options)
             for side in self.warmup_sides:

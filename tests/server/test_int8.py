@@ -31,8 +31,10 @@ from tests.server.test_precision import Delayed
 CPU = RuntimeOptions(device="cpu")
 
 
-def with_recorded_error(variant_repo: Path, tmp_path: Path, psnr_db: float, max_pixel_error: int) -> Path:
-    """A copy of the repository whose int8 variants record the given error."""
+def with_recorded_error(
+    variant_repo: Path, tmp_path: Path, psnr_db: float, max_pixel_error: int, **provenance: str
+) -> Path:
+    """A copy of the repository whose int8 variants record the given error (and provenance entries)."""
     root = tmp_path / "models"
     shutil.copytree(variant_repo, root)
     for spec_file in root.glob("*/model.json"):
@@ -40,6 +42,7 @@ def with_recorded_error(variant_repo: Path, tmp_path: Path, psnr_db: float, max_
         for variant in data["versions"]["1"]["variants"]:
             if variant["precision"] == "int8":
                 variant.update(psnr_db=psnr_db, max_pixel_error=max_pixel_error)
+                variant["provenance"].update(provenance)
         spec_file.write_text(json.dumps(data))
     return root
 
@@ -64,6 +67,51 @@ def test_int8_out_of_bound_stays_fp32(variant_repo: Path, tmp_path: Path, caplog
     assert registry.get("tiny")[1].precision == {"model.onnx": "fp32"}
     assert set(registry.get("tiny")[1].pixel_sessions) == {"model.onnx"}  # the fp32 pixels graph
     assert f"no int8 (recorded PSNR {int8.MIN_PSNR_DB - 1:.1f} dB" in caplog.text
+
+
+def test_export_records_the_kernel_that_measured_the_error(variant_repo: Path) -> None:
+    for name in ("tiny", "trio", "adain"):
+        for variant in read_spec(variant_repo / name).versions[1].variants:
+            if variant.precision == "int8":
+                assert variant.provenance["int8_dot_product"] == (int8_dot_product() or "none"), variant.file
+
+
+@pytest.mark.parametrize(
+    ("measured_with", "this_cpu", "served"),
+    [
+        ("none", "", True),  # measured on AVX2's saturating kernel: bounds the error everywhere
+        ("none", "avx512_vnni", True),
+        ("avx512_vnni", "avx512_vnni", True),
+        ("amx_int8", "avx_vnni", True),
+        ("avx512_vnni", "", False),  # measured exact, served where the 16-bit sums saturate
+        (None, "", False),  # not recorded: only where this CPU has a dot product
+        (None, "avx512_vnni", True),
+    ],
+)
+def test_a_recorded_error_holds_only_where_its_kernel_does(
+    variant_repo: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    measured_with: str | None,
+    this_cpu: str,
+    served: bool,
+) -> None:
+    """The CPU's instruction set is what cannot be changed here, so it alone is patched: the sessions are real."""
+    root = with_recorded_error(variant_repo, tmp_path, psnr_db=40.0, max_pixel_error=20)
+    for spec_file in root.glob("*/model.json"):
+        data = json.loads(spec_file.read_text())
+        for variant in data["versions"]["1"]["variants"]:
+            variant["provenance"].pop("int8_dot_product", None)
+            if measured_with is not None and variant["precision"] == "int8":
+                variant["provenance"]["int8_dot_product"] = measured_with
+        spec_file.write_text(json.dumps(data))
+    monkeypatch.setattr(int8, "int8_dot_product", lambda: this_cpu)
+    caplog.set_level(logging.INFO)
+    registry = ModelRegistry(root, RuntimeOptions(device="cpu", int8="always"), warmup_sides=(32,))
+    registry.load_all()
+    assert registry.get("tiny")[1].precision == {"model.onnx": "int8" if served else "fp32"}
+    assert ("this CPU has none, where the 16-bit sums saturate" in caplog.text) == (not served)
 
 
 def test_the_registry_follows_the_recorded_error(variant_repo: Path) -> None:
