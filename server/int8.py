@@ -29,17 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.cpu import int8_dot_product, simd_flags
-from core.repository import VariantSpec
+from core.repository import VARIANT_MAX_PIXEL_ERROR, VARIANT_MIN_PSNR_DB, VariantSpec
 from server.fp16 import FASTER, TIMED_RUNS
 from server.runtime import RuntimeOptions, Session
 
 logger = logging.getLogger(__name__)
 
-# The stated bound on an int8 variant's recorded error against fp32 on held photos (bytes, 0-255).
-# 30 dB is a mean error of about 8 levels; the largest errors sit on a few edge pixels where a
-# convolution's activations leave the calibrated range (export/variants.py records both).
-MIN_PSNR_DB = 30.0
-MAX_PIXEL_ERROR = 96
+# The stated bound on an int8 variant's recorded error against fp32 on held photos (core/repository.py).
+MIN_PSNR_DB = VARIANT_MIN_PSNR_DB
+MAX_PIXEL_ERROR = VARIANT_MAX_PIXEL_ERROR
 
 
 def wanted(options: RuntimeOptions) -> bool:

@@ -12,7 +12,7 @@ import pytest
 
 from core import codec
 from core.repository import PIXELS_INPUT, ModelSpec, read_spec
-from export.variants import Feeds, byte_error, photo_split
+from export.variants import Feeds, byte_error, float_nodes_by_error, photo_split
 from tests.conftest import encode, make_checkpoint, photo
 
 MODELS = ("tiny", "trio", "adain")
@@ -66,6 +66,36 @@ def test_int8_outputs_are_within_their_recorded_error(variant_repo: Path, name: 
     psnr, largest = byte_error(ref, got)
     assert psnr == pytest.approx(variant.psnr_db, abs=0.01) and largest == variant.max_pixel_error
     assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(directory / variant.file)).graph.node}
+
+
+def test_the_worst_convolutions_go_to_float_until_the_error_is_in_bound() -> None:
+    alone = {"a": 50.0, "b": 28.0, "c": 45.0, "d": 27.0, "e": 40.0, "f": 48.0}  # PSNR, each quantised alone
+    gain = {"d": 4.0, "b": 3.0}  # what keeping each in float gives back
+    builds: list[list[str]] = []
+
+    def error_of(float_nodes: object) -> tuple[float, int]:
+        kept = list(float_nodes)  # type: ignore[call-overload]
+        builds.append(kept)
+        return 24.0 + sum(gain.get(conv, 0.5) for conv in kept), 40
+
+    chosen, error, measured = float_nodes_by_error(list(alone), error_of, lambda conv: (alone[conv], 10))
+    assert chosen == ["d", "b"] and error == (31.0, 40) and measured == alone  # worst alone first, then stop
+    assert builds == [[], ["d"], ["d", "b"]]  # the last build is the one chosen, so the file is that one
+    never, error, _ = float_nodes_by_error(list(alone), lambda f: (20.0, 200), lambda conv: (alone[conv], 10))
+    assert never == ["d", "b", "e"] and error == (20.0, 200)  # at most half in float, out of bound all the same
+    in_bound, _, skipped = float_nodes_by_error(list(alone), lambda f: (35.0, 50), lambda conv: (alone[conv], 10))
+    assert in_bound == [] and skipped == {}  # in bound as it is: no convolution measured alone
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_recorded_float_convolutions_are_float_in_the_file(variant_repo: Path, name: str) -> None:
+    variant = read_spec(variant_repo / name).versions[1].variant("model.onnx", "int8", "float")
+    assert variant is not None
+    graph = onnx.load(str(variant_repo / name / "1" / variant.file)).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    convs = {node.name: node for node in graph.node if node.op_type == "Conv"}
+    for conv, node in convs.items():  # a quantised Conv reads its weight through a DequantizeLinear
+        assert (node.input[1] in dequantized) == (conv not in variant.provenance["float_nodes"]), (name, conv)
 
 
 def test_a_model_json_without_variants_still_reads(model_repo: Path) -> None:
