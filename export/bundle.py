@@ -43,6 +43,9 @@ class Recipe:
     family: str
     description: str
     args: dict[str, Any] = field(default_factory=dict)
+    # Later phases: each continues the run from the last checkpoint with these args changed (its own
+    # "steps" the total to reach), so a recipe whose loss was changed mid-run still rebuilds from nothing.
+    then: tuple[dict[str, Any], ...] = ()
 
 
 STYLES = DATA / "styles"
@@ -80,9 +83,11 @@ RECIPES = [
         },
     ),
     Recipe(
-        name="impressionists",
+        # Not `impressionists` v2: a version keeps its model's styles (clients name them), and this set swaps
+        # v1's Renoir for Gauguin, whose flat colour fields differ more from the others.
+        name="painters",
         family="multi_style",
-        description="Four styles in one network (Dumoulin et al. 2017), blendable: Monet, Seurat, Gauguin, Klimt",
+        description="Four painters in one network (Dumoulin et al. 2017), blendable: Monet, Seurat, Gauguin, Klimt",
         args={
             "styles": (
                 STYLES / "impression_sunrise.jpg",
@@ -93,6 +98,9 @@ RECIPES = [
             "steps": 2500,
             "image_size": 160,
         },
+        # At style weight 1 the styles differed mostly in colour (Seurat and Gauguin 0.038 apart on the bundle
+        # test's photo, under its 0.05); 600 more steps at 3 pull each towards its own painting.
+        then=({"steps": 3100, "style_weight": 3.0},),
     ),
     Recipe(
         name="starry_night",
@@ -113,6 +121,10 @@ TRAINERS: dict[str, tuple[type[loop.TrainConfig], Callable[[Any], Path]]] = {
     "multi_style": (train_multi_style.MultiStyleConfig, train_multi_style.train),
     "arbitrary": (train_arbitrary.ArbitraryConfig, train_arbitrary.train),
 }
+
+
+def as_flags(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: as_flag_value(v) for k, v in args.items()}
 
 
 def as_flag_value(value: Any) -> Any:
@@ -144,19 +156,23 @@ def build(
         # A CPU step takes seconds: checkpoint often, so that a stopped run loses minutes, not an hour.
         "checkpoint_every": 50,
         "sample_every": 100,
-        **{k: as_flag_value(v) for k, v in recipe.args.items()},
+        **as_flags(recipe.args),
     }
-    if steps is not None:
-        values["steps"] = steps
+    phases = [values, *({**values, **as_flags(phase)} for phase in recipe.then)]
+    if steps is not None:  # a try-out: the phases share the steps asked for
+        phases = [{**phase, "steps": max(1, steps * (n + 1) // len(phases))} for n, phase in enumerate(phases)]
+    values = phases[-1]
     previous = runs / recipe.name / "checkpoint.pt"
     exported = runs / recipe.name / "exported.json"
     if resume and previous.exists():
-        values["resume"] = str(previous)
         done = json.loads(exported.read_text()) if exported.exists() else {}
         if done.get("steps") == values["steps"]:
             logger.info("%s: trained and exported already (version %s); skipped", recipe.name, done.get("version"))
             return None
-    checkpoint = train(config_class(**values))
+    for n, phase in enumerate(phases):
+        if (resume or n > 0) and previous.exists():
+            phase["resume"] = str(previous)  # a phase the checkpoint is already past trains no step
+        checkpoint = train(config_class(**phase))
     # Training time as the checkpoint counts it: the whole run, across resumes. Wall time includes any pause
     # (a run stopped for a benchmark); CPU time does not, and is None for a checkpoint older than its counting.
     state = loop.load_checkpoint(checkpoint)
