@@ -4,7 +4,7 @@
     stylize health                                    # SERVING / NOT_SERVING (exit 0 only when SERVING)
     stylize apply -m starry_night photo.jpg           # -> stylized/photo.starry_night.png
     stylize apply -m starry_night photos/ -o out/ --strength 0.8 --max-side 1024
-    stylize apply -m impressionists --style starry_night=0.7 --style great_wave=0.3 photo.jpg
+    stylize apply -m painters --style impression_sunrise=0.7 --style the_kiss=0.3 photo.jpg
     stylize apply -m adain --style-image painting.jpg photo.jpg
     stylize optimize photo.jpg --style-image painting.jpg -o result.png --max-side 512 --iterations 500
     stylize video clip.mp4 -m great_wave -o clip.great_wave.mp4 --max-side 512

@@ -20,16 +20,6 @@ from tests.conftest import ROOT
 
 MODELS = ROOT / "models"
 SIDE = 160
-# The two graphs of the random-weights bundle these tests were written against (issue 13): the flat adain
-# and the near-identical impressionists. Strict: once a retrained version replaces them, the mark falls away.
-KNOWN_BROKEN = {
-    "523cc69d0086b4392201d1b73b77a7e5f80b7e36177f067f81fe5ac97077520c": "impressionists",
-}
-
-
-def newest_sha(model_dir: Path) -> str:
-    spec = read_spec(model_dir)
-    return spec.versions[max(list_versions(model_dir, spec.family))].sha256["model.onnx"]
 
 
 def image_graphs(model_dir: Path) -> list[str]:
@@ -39,15 +29,8 @@ def image_graphs(model_dir: Path) -> list[str]:
     return ["model.onnx", *(v.file for v in info.variants if v.graph == "model.onnx" and v.io == "float")]
 
 
-def marked(model_dir: Path) -> list[object]:
-    params = []
-    for graph in image_graphs(model_dir):
-        marks = []
-        if newest_sha(model_dir) in KNOWN_BROKEN:
-            reason = "issue 13: trained on random:0 features; the retrained bundle replaces it"
-            marks.append(pytest.mark.xfail(strict=True, reason=reason))
-        params.append(pytest.param(model_dir, graph, id=f"{model_dir.name}-{graph}", marks=marks))
-    return params
+def params(model_dir: Path) -> list[object]:
+    return [pytest.param(model_dir, graph, id=f"{model_dir.name}-{graph}") for graph in image_graphs(model_dir)]
 
 
 DIRS = model_dirs(MODELS)
@@ -87,7 +70,7 @@ def assert_stylised(out: np.ndarray, what: str) -> None:
 
 
 def by_family(family: str) -> list[object]:
-    return [param for d in DIRS if read_spec(d).family == family for param in marked(d)]
+    return [param for d in DIRS if read_spec(d).family == family for param in params(d)]
 
 
 @pytest.mark.parametrize(("model_dir", "graph"), by_family("per_style"))

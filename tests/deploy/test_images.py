@@ -37,7 +37,7 @@ from tests.server.test_jobs import job_request
 pytestmark = pytest.mark.timeout(1200)
 
 # One bundled model per family.
-MODELS = {"great_wave": "per_style", "impressionists": "multi_style", "adain": "arbitrary"}
+MODELS = {"great_wave": "per_style", "painters": "multi_style", "adain": "arbitrary"}
 TILE_PIXELS = 4096  # the smallest budget: a 96x64 photo runs in tiles, through the graphs derived at load
 
 
@@ -124,7 +124,7 @@ def test_the_api_image_serves_every_family_tiled_and_in_fp16(api: ApiImage) -> N
             assert set(served[name].precision.values()) == {"fp16"}, (name, api.server.log())
         calls: dict[str, dict[str, Any]] = {
             "great_wave": {},
-            "impressionists": {"styles": {served["impressionists"].styles[0]: 1.0}},
+            "painters": {"styles": {served["painters"].styles[0]: 1.0}},
             "adain": {"style_images": [style]},
         }
         for name, fields in calls.items():

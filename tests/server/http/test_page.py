@@ -96,7 +96,7 @@ def test_the_page_stylises_with_every_family_and_runs_a_job(
     for number, model in enumerate(("starry_night", "great_wave", "the_scream"), start=1):
         stylise_with(browser, model, tmp_path / f"{number}-{model}.png")
 
-    Select(browser.find_element(By.ID, "model")).select_by_value("impressionists")
+    Select(browser.find_element(By.ID, "model")).select_by_value("painters")
     sliders = browser.find_elements(By.CSS_SELECTOR, ".style-weight")
     assert [s.get_attribute("data-style") for s in sliders] == [
         "impression_sunrise",
@@ -109,7 +109,7 @@ def test_the_page_stylises_with_every_family_and_runs_a_job(
             "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'))", slider, value
         )
     assert [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#style-sliders output")][::3] == ["0.60", "0.40"]
-    stylise_with(browser, "impressionists", tmp_path / "4-impressionists.png")
+    stylise_with(browser, "painters", tmp_path / "4-painters.png")
 
     Select(browser.find_element(By.ID, "model")).select_by_value("adain")
     assert browser.find_element(By.ID, "run").is_enabled() is False  # arbitrary style needs a painting
