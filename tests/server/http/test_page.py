@@ -101,7 +101,7 @@ def test_the_page_stylises_with_every_family_and_runs_a_job(
     assert [s.get_attribute("data-style") for s in sliders] == [
         "impression_sunrise",
         "la_grande_jatte",
-        "moulin_de_la_galette",
+        "ia_orana_maria",
         "the_kiss",
     ]
     for slider, value in ((sliders[0], 0.6), (sliders[3], 0.4)):
