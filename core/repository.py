@@ -78,6 +78,12 @@ PSNR_IDENTICAL = 99.0
 # the largest errors sit on a few edge pixels where activations leave the calibrated range.
 VARIANT_MIN_PSNR_DB = 30.0
 VARIANT_MAX_PIXEL_ERROR = 96
+
+
+def within_variant_bound(psnr_db: float, max_pixel_error: int) -> bool:
+    return psnr_db >= VARIANT_MIN_PSNR_DB and max_pixel_error <= VARIANT_MAX_PIXEL_ERROR
+
+
 VARIANT_IO = ("float", "pixels")
 
 

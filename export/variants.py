@@ -49,13 +49,12 @@ from core.repository import (
     PIXELS_INPUT,
     PIXELS_OUTPUT,
     PSNR_IDENTICAL,
-    VARIANT_MAX_PIXEL_ERROR,
-    VARIANT_MIN_PSNR_DB,
     ModelSpec,
     VariantSpec,
     add_variants,
     list_versions,
     read_spec,
+    within_variant_bound,
 )
 
 logger = logging.getLogger(__name__)
@@ -192,8 +191,7 @@ def conv_names(path: Path) -> list[str]:
 
 
 def in_bound(error: tuple[float, int]) -> bool:
-    psnr, largest = error
-    return psnr >= VARIANT_MIN_PSNR_DB and largest <= VARIANT_MAX_PIXEL_ERROR
+    return within_variant_bound(*error)
 
 
 def float_nodes_by_error(
@@ -209,11 +207,14 @@ def float_nodes_by_error(
         return [], error, {}
     alone = {conv: alone_error_of(conv)[0] for conv in convs}
     float_nodes: list[str] = []
-    for conv in sorted(convs, key=lambda c: alone[c])[: len(convs) // 2]:
+    candidates = sorted(convs, key=lambda c: alone[c])[: len(convs) // 2]
+    for conv in candidates:
         float_nodes.append(conv)
         error = error_of(float_nodes)
         if in_bound(error):
             break
+    if not candidates:  # the last build was one convolution alone: build the chosen one again
+        error = error_of(float_nodes)
     return float_nodes, error, alone
 
 
@@ -265,6 +266,7 @@ def build_variants(
 
     built = []
     float_graphs = {"fp32": fp32}
+    kernel = {"int8_dot_product": int8_dot_product() or "none"}  # the int8 kernel that measures the errors
     if "int8" in kinds:
         calibration = [feeds(rgb, n) for n, rgb in crops(calibration_photos)]
         int8_path = scratch / "model.int8.onnx"
@@ -275,8 +277,6 @@ def build_variants(
 
         convs = conv_names(fp32)
         float_nodes, error, alone = float_nodes_by_error(convs, error_of, lambda conv: error_of((), [conv]))
-        if alone and not float_nodes:  # no convolution could go to float: the last build was one alone
-            error = error_of(())
         if not in_bound(error):  # written and recorded all the same; the server will not serve it
             logger.warning("%s int8 out of bound (PSNR %.1f dB, largest %d)", spec.name, *error)
         if alone:
@@ -286,8 +286,7 @@ def build_variants(
             "quantized": "Conv, per-channel int8 weights, uint8 activations (QDQ)",
             "float_nodes": float_nodes,
             **({"psnr_db_quantized_alone": {conv: round(db, 2) for conv, db in alone.items()}} if alone else {}),
-            # which int8 kernel the error below was measured with (server/int8.py: recorded_error_applies)
-            "int8_dot_product": int8_dot_product() or "none",
+            **kernel,  # server/int8.py: recorded_error_applies
         }
         built.append(measured("model.int8.onnx", "int8", "float", int8_path, extra))
         float_graphs["int8"] = int8_path
@@ -296,8 +295,7 @@ def build_variants(
             name = "model.pixels.onnx" if precision == "fp32" else f"model.{precision}.pixels.onnx"
             wrapped = scratch / name
             onnx.save(pixels_graph(onnx.load(str(path))), str(wrapped))
-            kernel = {} if precision == "fp32" else {"int8_dot_product": int8_dot_product() or "none"}
-            built.append(measured(name, precision, "pixels", wrapped, kernel))
+            built.append(measured(name, precision, "pixels", wrapped, {} if precision == "fp32" else kernel))
     return built
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.cpu import int8_dot_product, simd_flags
-from core.repository import VARIANT_MAX_PIXEL_ERROR, VARIANT_MIN_PSNR_DB, VariantSpec
+from core.repository import VARIANT_MAX_PIXEL_ERROR, VARIANT_MIN_PSNR_DB, VariantSpec, within_variant_bound
 from server.fp16 import FASTER, TIMED_RUNS
 from server.runtime import RuntimeOptions, Session
 
@@ -61,7 +61,7 @@ def log_cpu() -> str:
 
 
 def in_bound(variant: VariantSpec) -> bool:
-    return variant.psnr_db >= MIN_PSNR_DB and variant.max_pixel_error <= MAX_PIXEL_ERROR
+    return within_variant_bound(variant.psnr_db, variant.max_pixel_error)
 
 
 def recorded_error_applies(variant: VariantSpec) -> str:
