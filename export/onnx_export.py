@@ -3,7 +3,9 @@
 Every exported graph takes float32 NCHW RGB in [0, 1] and returns the same; the
 clamp to [0, 1] that training leaves out is added here. The shape is never taken
 from the example input: batch, height and width are declared dynamic, and the
-parity check runs at sizes that are not multiples of 4 and at batch 2.
+parity check runs at sizes that are not multiples of 4 and at batch 2. The
+graph is saved after export/passes.py's split of thin convolutions, so the
+parity check covers it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+
+from export.passes import split_thin_convolutions
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +100,9 @@ def export_graph(module: nn.Module, inputs: Sequence[GraphInput], output_name: s
     assert program is not None
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path), external_data=False)
-    model = strip_node_metadata(onnx.load(str(path)))
+    model, split = split_thin_convolutions(strip_node_metadata(onnx.load(str(path))))
+    if split:
+        logger.info("%s: thin convolutions %s split in two (export/passes.py)", path.name, split)
     onnx.save(model, str(path))
     onnx.checker.check_model(model, full_check=True)
     return model
