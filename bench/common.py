@@ -14,8 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from core.cpu import simd_flags
+from core.repository import list_versions, read_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def newest_graph(model_dir: Path, file: str = "model.onnx") -> Path:
+    """`file` of the newest complete version of `model_dir`, as the model repository lists them: benchmarks
+    follow the bundle as it is retrained instead of naming a version."""
+    versions = list_versions(model_dir, read_spec(model_dir).family)
+    if not versions:
+        raise SystemExit(f"{model_dir} has no complete version")
+    return model_dir / str(versions[-1]) / file
 
 
 def machine() -> dict[str, Any]:

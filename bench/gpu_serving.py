@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from bench.common import table, time_calls, write_result
+from bench.common import newest_graph, table, time_calls, write_result
 from core.codec import rgb_to_nchw
 from server.fp16 import fp16_graph
 from server.runtime import RuntimeOptions, Session, create_session, why_no_cuda
@@ -71,7 +71,7 @@ def on_device_ms(session: Session, feeds: dict[str, np.ndarray], rounds: int) ->
 
 def latency(model: str, feeds: dict[str, np.ndarray], rounds: int) -> list[dict[str, Any]]:
     rows = []
-    for precision, session in sessions(MODELS / model / "1" / "model.onnx").items():
+    for precision, session in sessions(newest_graph(MODELS / model)).items():
         rows.append(
             {
                 "model": model,
@@ -87,7 +87,7 @@ def latency(model: str, feeds: dict[str, np.ndarray], rounds: int) -> list[dict[
 def batching(model: str, side: int, rounds: int) -> list[dict[str, Any]]:
     x = image(PHOTO, side)
     rows = []
-    for precision, session in sessions(MODELS / model / "1" / "model.onnx").items():
+    for precision, session in sessions(newest_graph(MODELS / model)).items():
         for batch in (1, 4, 8):
             feeds = {"image": np.repeat(x, batch, axis=0)}
             ms = median_ms(lambda s=session, f=feeds: s.run(None, f), rounds)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n1. quality preset at 1024 px on {results['device']} (goal: under 5 ms in fp16 on an H100)")
     print(table(results["quality_1024"], list(results["quality_1024"][0])))
 
-    encoder = create_session(MODELS / "adain" / "1" / "style_encoder.onnx", OPTIONS)
+    encoder = create_session(newest_graph(MODELS / "adain", "style_encoder.onnx"), OPTIONS)
     stats = np.asarray(encoder.run(None, {"style": image(STYLE / "great_wave.jpg", 512)})[0])
     feeds = {"image": image(PHOTO, 1024), "style_stats": stats, "strength": np.ones((1, 1), np.float32)}
     results["arbitrary_1024"] = latency("adain", feeds, args.rounds)

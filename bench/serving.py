@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import run_concurrently, summary, table, time_calls, write_result
+from bench.common import newest_graph, run_concurrently, summary, table, time_calls, write_result
 from bench.peer import peer_feeds, peer_model_path, session
 from client import StylizeClient
 from core.codec import rgb_to_nchw
@@ -72,7 +72,7 @@ def free_port() -> int:
 
 
 def against_peer(sides: list[int], rounds: int) -> list[dict[str, Any]]:
-    fast = session(ROOT / "models" / "great_wave" / "1" / "model.onnx", THREADS)
+    fast = session(newest_graph(ROOT / "models" / "great_wave"), THREADS)
     peer = session(peer_model_path(), THREADS)
     rows = []
     for side in sides:
@@ -208,7 +208,7 @@ def service_overhead(server: Server, rounds: int) -> list[dict[str, Any]]:
     x = rgb_to_nchw(rgb)
     rows = []
     for preset, model in OVERHEAD_MODELS.items():
-        direct = session(ROOT / "models" / model / "1" / "model.onnx", THREADS)
+        direct = session(newest_graph(ROOT / "models" / model), THREADS)
         direct.run(None, {"image": x})
         samples: dict[str, list[tuple[float, ...]]] = {"direct": [], **{label: [] for label in OVERHEAD_PATHS}}
         for _ in range(rounds):  # alternating, so load on the machine falls on all alike
@@ -246,7 +246,7 @@ def concurrency(server: Server, requests: int, rounds: int = 3) -> dict[str, Any
     """Images per second: 8 clients through the service against one loop running the ONNX file directly,
     in alternating blocks (load on the machine drifts), medians of `rounds` blocks each."""
     data = png(512)
-    direct = session(ROOT / "models" / "great_wave" / "1" / "model.onnx", THREADS)
+    direct = session(newest_graph(ROOT / "models" / "great_wave"), THREADS)
     x = rgb_to_nchw(photo(512))
     direct.run(None, {"image": x})
 

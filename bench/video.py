@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bench.common import table, write_result
+from bench.common import newest_graph, table, write_result
 from bench.peer import session
 from bench.serving import THREADS, Server
 from core.codec import rgb_to_nchw
@@ -179,7 +179,7 @@ def stylize_frames(
 
 
 def where_to_blend(model_dir: Path, clip: list[np.ndarray], loss: StyleLoss) -> list[dict[str, Any]]:
-    network = session(model_dir / "1" / "model.onnx", THREADS)
+    network = session(newest_graph(model_dir), THREADS)
 
     def run(content: np.ndarray) -> np.ndarray:
         y = network.run(None, {"image": content.transpose(2, 0, 1)[None].astype(np.float32)})[0]
