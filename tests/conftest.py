@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 CONTENT_DIR = ROOT / "data" / "content"
 STYLE_DIR = ROOT / "data" / "styles"
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """`preexec_fn` for a CLI that a test interrupts: SIGINT back to its default disposition. A shell
+    without job control starts background commands with SIGINT ignored, Python then installs no
+    KeyboardInterrupt handler, and the CLI under test would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from client import StylizeClient
 from stylize.v1 import stylize_pb2 as pb
-from tests.conftest import ROOT, RunningServer, encode, photo, start_server, stop_server
+from tests.conftest import ROOT, RunningServer, ctrl_c_as_in_a_terminal, encode, photo, start_server, stop_server
 
 TINY = ["--max-side", "48", "--content-layer", "relu2_1", "--style-layer", "relu1_1", "--style-layer", "relu2_1"]
 
@@ -41,7 +41,14 @@ def images(tmp_path: Path) -> tuple[Path, Path]:
 def cli(server: RunningServer, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STYLIZE_TARGET": server.target}
     command = [sys.executable, "-m", "client", "optimize", *args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
+    )
 
 
 def test_optimize_writes_the_result_and_previews(

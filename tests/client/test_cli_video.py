@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.client.test_cli import run_cli
-from tests.conftest import ROOT, RunningServer
+from tests.conftest import ROOT, RunningServer, ctrl_c_as_in_a_terminal
 from tests.server.test_video import pan
 
 RATE = 24
@@ -91,6 +91,7 @@ def test_ctrl_c_leaves_no_file(server: RunningServer, tmp_path: Path) -> None:
         env=env,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
     assert process.stderr is not None
     first = process.stderr.readline()  # the first progress line: frames are being written
