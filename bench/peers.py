@@ -54,10 +54,10 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from PIL import Image
 
-from bench.common import run_concurrently, summary, table, write_result
+from bench.common import newest_graph, run_concurrently, summary, table, write_result
 from bench.serving import THREADS, Server, free_port, png
 from client import StylizeClient
-from core.repository import list_versions, read_spec
+from core.repository import read_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -81,10 +81,8 @@ def newest_fast_graph() -> tuple[int, Path]:
     spec = read_spec(model_dir)
     if spec.preset != "fast" or spec.family != "per_style":
         raise SystemExit(f"{model_dir} is {spec.family} {spec.preset!r}, not the per-style `fast` preset")
-    versions = list_versions(model_dir, spec.family)
-    if not versions:
-        raise SystemExit(f"{model_dir} has no complete version")
-    return versions[-1], model_dir / str(versions[-1]) / spec.graphs[0].file
+    graph = newest_graph(model_dir, spec.graphs[0].file)
+    return int(graph.parent.name), graph
 
 
 def venv(name: str) -> Path:

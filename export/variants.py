@@ -258,11 +258,11 @@ def build_variants(
     `command` (recorded) is the one that rebuilds them."""
     if not kinds:
         return []
-    stored = directory / IMAGE_GRAPH
-    fp32, split = scratch / "model.split.onnx", split_thin_convolutions(onnx.load(str(stored)))
-    onnx.save(split[0], str(fp32))
-    if split[1]:
-        logger.info("%s: variants built with %s split (export/passes.py)", spec.name, split[1])
+    stored, fp32 = directory / IMAGE_GRAPH, scratch / "model.split.onnx"
+    split_graph, split = split_thin_convolutions(onnx.load(str(stored)))
+    onnx.save(split_graph, str(fp32))
+    if split:
+        logger.info("%s: variants built with %s split (export/passes.py)", spec.name, split)
     calibration_photos, held_photos = photo_split(content_dir)
     feeds = Feeds(spec, directory)
     held = [feeds(codec.load_image_file(p).rgb, n) for n, p in enumerate(held_photos)]
