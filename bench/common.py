@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import threading
 import time
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.cpu import simd_flags
+from core.cpu import int8_dot_product, simd_flags
 from core.repository import list_versions, read_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,6 +49,15 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
     }
+
+
+def cpu_slug() -> str:
+    """A file-name word for this kind of CPU, its model and its 8-bit dot product ("amd-epyc-avx512-vnni",
+    "intel-xeon-avx2"), for results that differ by CPU and are kept side by side."""
+    model = re.sub(r"\((r|tm)\)|\bprocessor\b|\bcpu\b", "", str(machine()["cpu"]).lower())
+    words = re.findall(r"[a-z0-9]+", model)[:3]
+    kernel = int8_dot_product() or ("avx2" if "avx2" in simd_flags() else "generic")
+    return "-".join([*words, kernel.replace("_", "-")])
 
 
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:

@@ -12,11 +12,12 @@ operations as integers (GOP/s), and is set against both the fp32 peak, which is
 what it has to beat, and the int8 peak: the best of several 2048^3 products
 through ONNX Runtime's own 8-bit GEMM (MatMulInteger, the kernel its quantised
 convolutions run on: VNNI or AMX where the CPU has them, 16-bit AVX2 otherwise).
-Precisions: fp32, fp32-split (the stored fp32 graph after export/passes.py's
+Precisions: fp32, fp32-split (the stored fp32 graph after core/passes.py's
 split of thin convolutions, as every variant is built, where it changes
 anything), fp16 (derived as the server derives it, server/fp16.py) and the int8 variant where the version has one
 (export/variants.py). The runs of a model alternate between its precisions.
-Writes bench/results/roofline.json with the CPU's model and SIMD flags.
+Writes bench/results/roofline-<cpu>.json (bench.common.cpu_slug: the CPU's model and its 8-bit dot
+product, so that the figures of different CPUs stay side by side) with the CPU's model and SIMD flags.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from bench.common import alternate, table, write_result
+from bench.common import alternate, cpu_slug, table, write_result
 from core.cpu import int8_dot_product, simd_flags
+from core.passes import split_thin_convolutions
 from core.repository import list_versions, model_dirs, read_spec
-from export.passes import split_thin_convolutions
 from server.fp16 import fp16_graph
 from server.registry import graph_feeds
 
@@ -117,7 +118,7 @@ def main() -> None:
         flops = conv_flops(directory / "model.onnx", feeds)
         sources: dict[str, str | bytes] = {"fp32": str(directory / "model.onnx")}
         split, names = split_thin_convolutions(onnx.load(str(directory / "model.onnx")))
-        if names:  # as the variants run it (export/passes.py); the useful work is the stored graph's
+        if names:  # as the variants run it (core/passes.py); the useful work is the stored graph's
             sources["fp32-split"] = split.SerializeToString()
         if not args.no_fp16:
             sources["fp16"] = fp16_graph(directory / "model.onnx")
@@ -152,7 +153,7 @@ def main() -> None:
         "int8_dot_product": int8_dot_product() or "none",
         "rows": rows,
     }
-    print("wrote", write_result("roofline", payload))
+    print("wrote", write_result(f"roofline-{cpu_slug()}", payload))  # one file per kind of CPU, kept side by side
 
 
 if __name__ == "__main__":

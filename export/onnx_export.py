@@ -4,7 +4,7 @@ Every exported graph takes float32 NCHW RGB in [0, 1] and returns the same; the
 clamp to [0, 1] that training leaves out is added here. The shape is never taken
 from the example input: batch, height and width are declared dynamic, and the
 parity check runs at sizes that are not multiples of 4 and at batch 2. The
-graph is saved after export/passes.py's split of thin convolutions, so the
+graph is saved after core/passes.py's split of thin convolutions, so the
 parity check covers it.
 """
 
@@ -24,7 +24,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.passes import split_thin_convolutions
+from core.passes import split_thin_convolutions
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def export_graph(module: nn.Module, inputs: Sequence[GraphInput], output_name: s
     program.save(str(path), external_data=False)
     model, split = split_thin_convolutions(strip_node_metadata(onnx.load(str(path))))
     if split:
-        logger.info("%s: thin convolutions %s split in two (export/passes.py)", path.name, split)
+        logger.info("%s: thin convolutions %s split in two (core/passes.py)", path.name, split)
     onnx.save(model, str(path))
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -21,14 +21,15 @@ a version exported before. Per image graph (model.onnx) of every family:
   each alone 27-28 dB, are what held it at 24 dB).
 - model.int8.pixels.onnx: both.
 
-All are built from the fp32 graph after export/passes.py's split of thin
+All are built from the fp32 graph after core/passes.py's split of thin
 convolutions (a no-op for graphs exported since), and each int8 one with its
 copying pads moved after the quantisation (the same bytes, a quarter of the
 traffic); the errors are measured against the fp32 graph as it is stored.
 
 Every variant's error against the fp32 graph (PSNR and the largest byte
 difference on the held photos, the last sixth of the content directory, which
-the calibration never sees) is recorded in model.json, with the 8-bit dot
+the calibration never sees, each as it is and with its long side at 1,024 px)
+is recorded in model.json, with the 8-bit dot
 product of the CPU that measured an int8 one (the error differs between
 kernels); the server chooses among them at load (server/int8.py).
 """
@@ -50,6 +51,7 @@ from onnx import TensorProto, helper
 
 from core import codec
 from core.cpu import int8_dot_product
+from core.passes import pad_after_quantize, split_thin_convolutions
 from core.repository import (
     PIXELS_INPUT,
     PIXELS_OUTPUT,
@@ -61,13 +63,16 @@ from core.repository import (
     read_spec,
     within_variant_bound,
 )
-from export.passes import pad_after_quantize, split_thin_convolutions
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("pixels", "int8")
 IMAGE_GRAPH = "model.onnx"
 CALIBRATION_SIDE = 256
+# The held photos are measured as they are and again with their long side at this size, since an int8 graph's
+# largest error grows with the picture (great_wave v3: 60 levels on the held Kodak photos at 768 px, 93 with
+# one of them at 1,024 px).
+HELD_SIDE = 1024
 
 
 def pixels_graph(model: onnx.ModelProto, image: str = "image") -> onnx.ModelProto:
@@ -120,6 +125,21 @@ def photo_split(content_dir: Path) -> tuple[list[Path], list[Path]]:
         raise ValueError(f"{content_dir} needs at least two photos (calibration and held)")
     held = max(1, len(photos) // 6)
     return photos[:-held], photos[-held:]
+
+
+def held_images(photos: Sequence[np.ndarray], side: int = HELD_SIDE) -> list[tuple[int, np.ndarray]]:
+    """(photo number, RGB) for each held photo as it is and resized (Lanczos) to `side` on its long side."""
+    from PIL import Image
+
+    images = []
+    for number, rgb in enumerate(photos):
+        images.append((number, rgb))
+        height, width = rgb.shape[:2]
+        if max(height, width) != side:
+            scale = side / max(height, width)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            images.append((number, np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))))
+    return images
 
 
 class Feeds:
@@ -252,22 +272,33 @@ def outputs(path: Path, feeds: Sequence[dict[str, np.ndarray]], pixels: bool) ->
 
 
 def build_variants(
-    spec: ModelSpec, directory: Path, content_dir: Path, scratch: Path, kinds: Sequence[str], command: str
+    spec: ModelSpec,
+    directory: Path,
+    content_dir: Path,
+    scratch: Path,
+    kinds: Sequence[str],
+    command: str,
+    held_side: int = HELD_SIDE,
 ) -> list[tuple[VariantSpec, Path]]:
     """Build and measure the variants of `directory`/model.onnx in `scratch`; (spec, file) for each.
-    `command` (recorded) is the one that rebuilds them."""
+    `command` (recorded) is the one that rebuilds them; the held photos are measured as they are and with
+    their long side at `held_side`."""
     if not kinds:
         return []
     stored, fp32 = directory / IMAGE_GRAPH, scratch / "model.split.onnx"
     split_graph, split = split_thin_convolutions(onnx.load(str(stored)))
     onnx.save(split_graph, str(fp32))
     if split:
-        logger.info("%s: variants built with %s split (export/passes.py)", spec.name, split)
+        logger.info("%s: variants built with %s split (core/passes.py)", spec.name, split)
     calibration_photos, held_photos = photo_split(content_dir)
     feeds = Feeds(spec, directory)
-    held = [feeds(codec.load_image_file(p).rgb, n) for n, p in enumerate(held_photos)]
+    held = [feeds(rgb, n) for n, rgb in held_images([codec.load_image_file(p).rgb for p in held_photos], held_side)]
     reference = outputs(stored, held, pixels=False)
-    provenance: dict[str, Any] = {"command": command, "held_photos": [p.name for p in held_photos]}
+    provenance: dict[str, Any] = {
+        "command": command,
+        "held_photos": [p.name for p in held_photos],
+        "held_sizes": f"as they are and {held_side} px on the long side",
+    }
 
     def measured(file: str, precision: str, io: str, path: Path, extra: dict[str, Any]) -> tuple[VariantSpec, Path]:
         psnr, largest = byte_error(reference, outputs(path, held, pixels=io == "pixels"))
@@ -310,12 +341,14 @@ def build_variants(
     return built
 
 
-def add_to_newest(model_dir: Path, content_dir: Path, kinds: Sequence[str], command: str) -> int:
+def add_to_newest(
+    model_dir: Path, content_dir: Path, kinds: Sequence[str], command: str, held_side: int = HELD_SIDE
+) -> int:
     """Build the variants of the newest version of `model_dir` and add them to it; returns the version."""
     spec = read_spec(model_dir)
     version = max(list_versions(model_dir, spec.family))
     with tempfile.TemporaryDirectory() as scratch:
-        variants = build_variants(spec, model_dir / str(version), content_dir, Path(scratch), kinds, command)
+        variants = build_variants(spec, model_dir / str(version), content_dir, Path(scratch), kinds, command, held_side)
         add_variants(model_dir, version, variants)
     return version
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -31,7 +32,7 @@ from core.repository import PIXELS_INPUT
 from server import metrics
 from server.batching import Batcher, shape_key, unbatched
 from server.errors import InvalidRequest
-from server.registry import LoadedModel, LoadedVersion
+from server.registry import LoadedModel, LoadedVersion, fp32_graph
 from server.runtime import RuntimeOptions, Session, create_session
 from server.style_cache import StyleStatsCache
 from server.tiling import TiledRunner, stats_graph
@@ -206,7 +207,8 @@ class Engine:
         key = (model.name, version.version)
         with self._tiler_lock:
             if key not in self._tilers:
-                graph = onnx.load(str(version.directory / "model.onnx"))
+                source = fp32_graph(version.directory / "model.onnx", self.options)  # as the whole graph runs
+                graph = onnx.load(str(source)) if isinstance(source, Path) else onnx.load_from_string(source)
                 self._tilers[key] = TiledRunner(
                     observe=create_session(stats_graph(graph, "observe").SerializeToString(), self.options),
                     given=create_session(stats_graph(graph, "given").SerializeToString(), self.options),

@@ -143,13 +143,15 @@ def variant_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """model_repo's models with the variants of export/variants.py (pixels, int8), calibrated on small photos."""
     from export.variants import KINDS, add_to_newest
 
+    HELD_SIDE = 120  # the held photo is measured at 80 x 64 and at 120 x 96
+
     root = tmp_path_factory.mktemp("variants") / "models"
     shutil.copytree(model_repo, root)
     photos = tmp_path_factory.mktemp("photos")
     for seed in range(7):  # six for calibration, one held
         (photos / f"photo{seed}.png").write_bytes(encode(photo(80, 64, seed=seed)))
     for name in ("tiny", "trio", "adain"):
-        add_to_newest(root / name, photos, KINDS, f"python -m export.variants models/{name}")
+        add_to_newest(root / name, photos, KINDS, f"python -m export.variants models/{name}", held_side=HELD_SIDE)
     return root
 
 

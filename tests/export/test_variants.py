@@ -12,7 +12,7 @@ import pytest
 
 from core import codec
 from core.repository import PIXELS_INPUT, ModelSpec, read_spec
-from export.variants import Feeds, byte_error, float_nodes_by_error, photo_split
+from export.variants import Feeds, byte_error, float_nodes_by_error, held_images, photo_split
 from tests.conftest import encode, make_checkpoint, photo
 
 MODELS = ("tiny", "trio", "adain")
@@ -48,6 +48,7 @@ def test_variants_are_recorded_with_their_error_and_command(variant_repo: Path, 
         assert (variant_repo / name / "1" / variant.file).is_file() and len(variant.sha256) == 64
         assert variant.provenance["command"] == f"python -m export.variants models/{name}"
         assert variant.provenance["held_photos"] == ["photo6.png"]
+        assert variant.provenance["held_sizes"] == "as they are and 120 px on the long side"
     text = (variant_repo / name / "model.json").read_text()
     assert "/tmp" not in text and str(variant_repo) not in text  # no machine paths
 
@@ -58,7 +59,9 @@ def test_int8_outputs_are_within_their_recorded_error(variant_repo: Path, name: 
     directory = variant_repo / name / "1"
     variant = spec.versions[1].variant("model.onnx", "int8", "float")
     assert variant is not None
-    held = [photo(80, 64, seed=6)]  # the held photo of the variant_repo fixture (PNG: the same bytes)
+    # The held photo of the variant_repo fixture (PNG: the same bytes), as it is and at its second size.
+    held = [rgb for _, rgb in held_images([photo(80, 64, seed=6)], 120)]
+    assert [rgb.shape for rgb in held] == [(64, 80, 3), (96, 120, 3)]
     feeds = Feeds(spec, directory)
     reference, quantised = session(directory / "model.onnx"), session(directory / variant.file)
     ref = [codec.nchw_to_rgb(np.asarray(reference.run(None, feeds(rgb, 0))[0])) for rgb in held]

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from core.repository import list_versions, read_spec
 from server import fp16
-from server.registry import ModelRegistry, graph_feeds
+from server.registry import ModelRegistry, fp32_graph, graph_feeds
 from server.runtime import RuntimeOptions, Session, create_session
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +103,7 @@ def test_auto_measures_on_cuda_only() -> None:
 ARENA = """
 import os, sys
 import numpy as np
+import onnx
 from server.runtime import RuntimeOptions, create_session
 session = create_session(
     sys.argv[2], RuntimeOptions(device="cpu", arena_shrinkage=sys.argv[1] == "1")
@@ -136,3 +138,20 @@ def test_outputs_beyond_unit_range_are_compared_relative_to_it(tmp_path: Path) -
     feeds = graph_feeds(next(g for g in registry.get("adain")[0].spec.graphs if g.file == "style_encoder.onnx"), 48)
     got = version.sessions["style_encoder.onnx"].run(None, feeds)[0]
     assert np.abs(got).max() > 100, "the statistics are beyond [0, 1], or this test checks nothing"
+
+
+def test_fp32_runs_with_its_thin_convolutions_split_on_the_cpu(tmp_path: Path) -> None:
+    """A version exported before core/passes.py's split is served split on the CPU: the same output."""
+    from tests.core.test_passes import conv_graph
+
+    thin, wide = tmp_path / "thin.onnx", tmp_path / "wide.onnx"
+    onnx.save(conv_graph(3, 9, [4, 4, 4, 4]), str(thin))  # the quality preset's last layer, unsplit
+    onnx.save(conv_graph(16, 3, [1, 1, 1, 1]), str(wide))
+    served = fp32_graph(thin, CPU)
+    assert isinstance(served, bytes)
+    assert [n.name for n in onnx.load_from_string(served).graph.node] == ["head/rows", "head/columns"]
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 8, 33, 47)).astype(np.float32)}
+    expected = create_session(thin, CPU).run(None, feeds)[0]
+    np.testing.assert_allclose(create_session(served, CPU).run(None, feeds)[0], expected, atol=1e-4, rtol=1e-5)
+    assert fp32_graph(wide, CPU) == wide  # nothing to split: the file itself
+    assert fp32_graph(thin, RuntimeOptions(device="cuda")) == thin  # cuDNN blocks no output channels

@@ -1,4 +1,4 @@
-"""export/passes.py: each pass computes what the graph computed before, and touches only what it names."""
+"""core/passes.py: each pass computes what the graph computed before, and touches only what it names."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.passes import pad_after_quantize, split_thin_convolutions
+from core.passes import pad_after_quantize, split_thin_convolutions
 
 
 def conv_graph(out_channels: int, kernel: int, pads: list[int], **attributes: Any) -> onnx.ModelProto:
