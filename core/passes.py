@@ -13,7 +13,7 @@ steps keeps the kernels busy:
 A does k times fewer multiply-adds per output channel and has O*k channels (27
 for RGB, 9 x 9), which the kernels block with little waste; B is O*k*k
 multiply-adds a pixel. The result is the original convolution up to float
-rounding (tests/export/test_passes.py); every other node stays as it is.
+rounding (tests/core/test_passes.py); every other node stays as it is.
 
 pad_after_quantize: in a QDQ graph, float -> Pad (reflect or edge) ->
 QuantizeLinear becomes float -> QuantizeLinear -> Pad on the uint8 codes.
