@@ -21,9 +21,10 @@ decides what is accepted (tests/server/test_fuzz.py checks the two agree).
 from __future__ import annotations
 
 import io
+import os
 import struct
+import threading
 import warnings
-import zlib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -132,11 +133,14 @@ def _fast_decode(data: bytes, image: Image.Image) -> tuple[np.ndarray, np.ndarra
         if image.format == "PNG" and len(data) > 25:
             # IHDR is the first chunk (RFC 2083, 4.1.1): bit depth at byte 24, colour type at 25.
             bit_depth, colour_type = data[24], data[25]
-            # Palettes, 16-bit samples and tRNS keys keep Pillow's conversions; an eXIf chunk may rotate.
-            if bit_depth != 8 or colour_type not in (0, 2, 4, 6) or "transparency" in image.info or b"eXIf" in data:
+            # Palettes, 16-bit samples and tRNS keys keep Pillow's conversions.
+            if bit_depth != 8 or colour_type not in (0, 2, 4, 6) or "transparency" in image.info:
                 return None
-            if not _png_chunks_intact(data):
-                return None  # libspng inflates only the rows it needs; Pillow says what is wrong with the rest
+            kinds = _png_chunk_kinds(data)
+            if kinds is None or b"eXIf" in kinds:
+                # libspng inflates only the rows it needs; Pillow says what is wrong with the rest, and applies
+                # the orientation an eXIf chunk may give.
+                return None
             pixels = pyspng.load(data, "RGBA" if colour_type in (4, 6) else "RGB")
             if pixels.shape[:2] != (image.height, image.width):
                 return None
@@ -153,21 +157,25 @@ def _fast_decode(data: bytes, image: Image.Image) -> tuple[np.ndarray, np.ndarra
     return None
 
 
-def _png_chunks_intact(data: bytes) -> bool:
-    """Every chunk whole with a matching CRC, through IEND: 0.2 ms for 1 MB (ISA-L's CRC-32)."""
-    view, position = memoryview(data), 8
+def _png_chunk_kinds(data: bytes) -> set[bytes] | None:
+    """The kinds of the file's chunks if every one is whole with a matching CRC through IEND, else None.
+
+    0.04 ms for a 1 MP photograph (ISA-L's CRC-32); searching the bytes for a kind instead took 0.7 ms.
+    """
+    view, position, kinds = memoryview(data), 8, set()
     while position + 12 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, position)
         end = position + 8 + length
         if end + 4 > len(data):
-            return False
+            return None
         (crc,) = struct.unpack_from(">I", data, end)
         if isal_zlib.crc32(view[position + 4 : end]) != crc:
-            return False
+            return None
+        kinds.add(kind)
         if kind == b"IEND":
-            return True
+            return kinds
         position = end + 4
-    return False
+    return None
 
 
 def _raw_image(raw: RawPixels, max_pixels: int, what: str) -> DecodedImage:
@@ -239,6 +247,9 @@ def encode_image(
 
 
 PNG_LEVELS = range(4)  # ISA-L's deflate levels
+SPLIT_DEFLATE_BYTES = 1 << 20  # scanlines from this size deflate in two halves at once (_deflate)
+ZLIB_HEADER = b"\x78\x5e"  # RFC 1950: deflate, 32 KiB window, "fast" (FLEVEL is advisory); ISA-L's at levels 1-3
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
@@ -247,7 +258,7 @@ def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
     Pillow filters each row five ways and keeps the best, then deflates with zlib:
     89 ms for a 1024x1024 photograph at zlib level 1 (416 ms at its default 6). One
     vectorised filter and ISA-L take 9.7 ms and the file is 4% smaller
-    (bench/results/codec.json).
+    (bench/results/codec.json); 5.8 ms with the deflate on two threads (_deflate).
     """
     if level not in PNG_LEVELS:
         raise ValueError(f"PNG level must be in 0..3, not {level}")
@@ -265,14 +276,43 @@ def encode_png(pixels: np.ndarray, level: int = 1) -> bytes:
         [
             b"\x89PNG\r\n\x1a\n",
             _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", isal_zlib.compress(scanlines, level)),
+            _png_chunk(b"IDAT", _deflate(scanlines.reshape(-1).data, level)),
             _png_chunk(b"IEND", b""),
         ]
     )
 
 
+def _deflate(data: memoryview, level: int) -> bytes:
+    """A zlib stream of `data`; a large one deflated in two halves on two threads where the process has two cores.
+
+    As pigz does: the first half ends with a sync flush (its blocks not final, the
+    stream byte-aligned), the second starts with no history and ends the stream;
+    one Adler-32 covers the whole. ISA-L releases the GIL while it deflates, so a
+    1 MP photograph takes 4.9 ms instead of 7.5 on 2 cores; the file is the same
+    size within 0.1%.
+    """
+    if len(data) < SPLIT_DEFLATE_BYTES or _CORES < 2:
+        return isal_zlib.compress(data, level)
+    middle = len(data) // 2
+    first: list[bytes] = []
+    helper = threading.Thread(target=lambda: first.append(_raw_deflate(data[:middle], level, isal_zlib.Z_SYNC_FLUSH)))
+    helper.start()  # a thread per call, not a pool: a pool's thread does not survive a fork
+    try:
+        second = _raw_deflate(data[middle:], level, isal_zlib.Z_FINISH)
+    finally:
+        helper.join()
+    if not first:
+        return isal_zlib.compress(data, level)  # the helper raised (it printed why): deflate on this thread
+    return b"".join([ZLIB_HEADER, first[0], second, struct.pack(">I", isal_zlib.adler32(data))])
+
+
+def _raw_deflate(data: memoryview, level: int, flush: int) -> bytes:
+    compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)  # raw deflate: no header, no checksum
+    return compressor.compress(data) + compressor.flush(flush)
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", isal_zlib.crc32(data, isal_zlib.crc32(kind)))
 
 
 def warm_up() -> None:

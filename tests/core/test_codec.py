@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core import codec
 from core.codec import (
     ImageDecodeError,
     ImageTooLarge,
@@ -149,6 +150,27 @@ def test_our_png_writer_is_lossless_for_pillow(shape: tuple[int, int, int], leve
     decoded = np.asarray(Image.open(io.BytesIO(encode_png(pixels, level))))
     assert image.mode == ("RGBA" if shape[2] == 4 else "RGB")
     assert np.array_equal(decoded, pixels)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+@pytest.mark.parametrize("level", [0, 3])
+def test_a_large_png_deflated_in_two_halves_is_one_valid_stream(
+    cores: int, level: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(codec, "_CORES", cores)
+    # smooth rows (which deflate finds matches in) over a random block, past SPLIT_DEFLATE_BYTES
+    rng = np.random.default_rng(level)
+    pixels = np.tile(np.arange(700, dtype=np.uint8)[None, :, None] // 3, (600, 1, 3))
+    pixels[200:400, 100:600] = rng.integers(0, 256, (200, 500, 3), dtype=np.uint8)
+    assert pixels.size > codec.SPLIT_DEFLATE_BYTES
+    png = encode_png(pixels, level)
+    Image.open(io.BytesIO(png)).verify()  # chunk CRCs and the zlib stream's checksum
+    idat = png[41:-12]  # after the signature, IHDR and IDAT's length and kind; before its CRC and IEND
+    assert zlib.decompress(idat)[1:2101] == pixels[0].tobytes()  # the first scanline, filter byte dropped
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), pixels)
+    assert np.array_equal(decode_image(png, max_pixels=LIMIT).rgb, pixels)  # libspng
+    monkeypatch.setattr(codec, "_CORES", 1)
+    assert (png != encode_png(pixels, level)) == (cores == 2)  # two cores took the two-halves path
 
 
 def test_png_levels_beyond_isal_are_refused() -> None:
