@@ -130,6 +130,20 @@ def record_models(registry: ModelRegistry, changes: Changes) -> None:
         metrics.MODEL_LOAD_FAILURES.labels(name).set(1)
 
 
+async def new_health_servicer() -> Any:
+    """The health service, NOT_SERVING until serve() says otherwise.
+
+    grpc's servicer starts with the whole server ("") SERVING; set before the
+    port opens, a probe in the moments between the port opening and the last
+    status being set (the HTTP door starting, the jobs' status) gets NOT_SERVING
+    rather than a SERVING that the job service's status does not yet back.
+    """
+    servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    for name in ("", SERVICE_NAME, JOBS_SERVICE_NAME):
+        await servicer.set(name, NOT_SERVING)
+    return servicer
+
+
 MODEL_HEALTH_PREFIX = "stylize.model."  # health per model: "stylize.model.starry_night"
 
 
@@ -234,7 +248,7 @@ async def serve(config: ServerConfig) -> None:
 
     server, port = grpc_server(config)
     stylize_pb2_grpc.add_StyleTransferServicer_to_server(StyleTransferServicer(service), server)
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_servicer = await new_health_servicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     await server.start()

@@ -71,3 +71,29 @@ def test_a_broken_model_is_skipped_and_the_others_serve(model_repo: Path, tmp_pa
     finally:
         server.process.terminate()
         server.process.wait(timeout=30)
+
+
+def test_health_says_not_serving_until_the_server_says_otherwise() -> None:
+    """grpc's health servicer starts with "" SERVING; ours must not answer that before serve() sets it."""
+    import asyncio
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from server.main import JOBS_SERVICE_NAME, SERVICE_NAME, new_health_servicer
+
+    async def statuses() -> list[str]:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(await new_health_servicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                answers = [await stub.Check(health_pb2.HealthCheckRequest(service=name)) for name in names]
+        finally:
+            await server.stop(None)
+        return [health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status) for answer in answers]
+
+    names = ("", SERVICE_NAME, JOBS_SERVICE_NAME)
+    assert asyncio.run(statuses()) == ["NOT_SERVING"] * 3
