@@ -33,7 +33,7 @@ from core import codec
 from core.repository import read_spec
 from export.variants import add_to_newest
 from server.allocator import retain_freed_memory
-from server.config import ServerConfig
+from server.config import INT8_MODES, ServerConfig
 from server.pipeline import Engine, EngineSettings, StylizeTask
 from server.registry import ModelRegistry
 from server.runtime import RuntimeOptions
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
     parser.add_argument(
-        "--int8", choices=("off", "auto", "measure", "always"), default="off", help="also time the served precision"
+        "--int8", choices=INT8_MODES, default="off", help="also time the precision the server would serve"
     )
     args = parser.parse_args()
     retain_freed_memory(ServerConfig().malloc_keep_mib << 20)  # the server's malloc, as server/__main__.py sets it
